@@ -1,0 +1,49 @@
+"""geventws: WebSocket (RFC 6455) servers and clients on gevent, with a blocking API.
+
+Importing geventws never monkey-patches; ``geventws serve`` does, before importing the
+application.
+"""
+
+from __future__ import annotations
+
+from .connection import Connection
+from .exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidHandshake,
+    InvalidRequest,
+    InvalidResponse,
+    InvalidState,
+    InvalidURI,
+    PayloadTooBig,
+    ProtocolError,
+    WebSocketError,
+)
+from .frames import CloseCode
+from .headers import Headers
+from .request import Request
+from .server import WebSocketServer, serve
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CloseCode",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionClosedError",
+    "ConnectionClosedOK",
+    "Headers",
+    "InvalidHandshake",
+    "InvalidRequest",
+    "InvalidResponse",
+    "InvalidState",
+    "InvalidURI",
+    "PayloadTooBig",
+    "ProtocolError",
+    "Request",
+    "WebSocketError",
+    "WebSocketServer",
+    "serve",
+    "__version__",
+]

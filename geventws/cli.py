@@ -1,0 +1,225 @@
+"""The ``geventws`` command.
+
+``geventws serve module:handler [options]`` monkey-patches the standard library with
+gevent *first*, then imports the application, configures logging and serves until
+SIGINT or SIGTERM. The first signal stops gracefully (every connection is closed with
+1001, handlers get ``--close-timeout`` seconds to finish), a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+__all__ = ["main", "load_handler", "ImportFromStringError"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class ImportFromStringError(Exception):
+    """``module:attribute`` could not be loaded; the message says what is missing."""
+
+
+def load_handler(spec: str) -> Callable[..., Any]:
+    """Import ``module:attribute`` (the attribute may be dotted) and return it.
+
+    Raises :class:`ImportFromStringError` with a one-line message that tells a missing
+    module from a missing attribute, or from a module that failed on import.
+    """
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ImportFromStringError(f"expected module:handler, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (
+            module_name == exc.name or module_name.startswith(exc.name + ".")
+        ):
+            raise ImportFromStringError(
+                f"cannot import module {module_name!r}: not found"
+            ) from None
+        raise ImportFromStringError(
+            f"module {module_name!r} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    except Exception as exc:
+        raise ImportFromStringError(
+            f"module {module_name!r} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ImportFromStringError(
+                f"module {module_name!r} has no attribute {attribute!r}"
+            ) from None
+    if not callable(target):
+        raise ImportFromStringError(f"{spec!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def _size(text: str) -> Optional[int]:
+    """Parse ``1048576``, ``64KiB``, ``16MiB`` or ``none``."""
+    value = text.strip().lower()
+    if value in ("none", "0", "unlimited"):
+        return None
+    for suffix, factor in (
+        ("kib", 2**10),
+        ("mib", 2**20),
+        ("gib", 2**30),
+        ("k", 2**10),
+        ("m", 2**20),
+    ):
+        if value.endswith(suffix):
+            return int(float(value[: -len(suffix)]) * factor)
+    return int(value)
+
+
+def _origin(text: str) -> Optional[str]:
+    return None if text.lower() == "none" else text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; each option has the name of the matching keyword argument."""
+    parser = argparse.ArgumentParser(
+        prog="geventws", description="WebSocket servers on gevent with a blocking API."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    serve = commands.add_parser(
+        "serve",
+        help="serve handler(connection, request) from module:handler",
+        description="Serve a WebSocket handler. Monkey-patches with gevent before "
+        "importing the application.",
+    )
+    serve.add_argument("handler", help="the handler, as module:function")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument(
+        "--origin",
+        dest="origins",
+        action="append",
+        type=_origin,
+        metavar="ORIGIN",
+        help="allowed Origin (repeatable; 'none' allows clients without Origin); "
+        "others get HTTP 403. Default: any origin",
+    )
+    serve.add_argument(
+        "--subprotocol",
+        dest="subprotocols",
+        action="append",
+        metavar="NAME",
+        help="supported subprotocol, in order of preference (repeatable)",
+    )
+    serve.add_argument(
+        "--max-size",
+        type=_size,
+        default=2**20,
+        metavar="BYTES",
+        help="largest message accepted, e.g. 1048576, 16MiB or none (default 1MiB)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=16,
+        metavar="N",
+        help="received messages that may wait for the handler (default 16)",
+    )
+    serve.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a client has to send its upgrade request (default 10)",
+    )
+    serve.add_argument(
+        "--close-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time allowed for the closing handshake and for a graceful stop (default 10)",
+    )
+    serve.add_argument("--certfile", help="TLS certificate (PEM) to serve wss://")
+    serve.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error", "critical"],
+        help="logging level (default info)",
+    )
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Patch before anything imports the application or touches threads and sockets.
+    from gevent import monkey
+
+    monkey.patch_all()
+
+    import gevent
+
+    from .server import WebSocketServer
+
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    log = logging.getLogger("geventws.cli")
+    sys.path.insert(0, os.getcwd())
+    try:
+        handler = load_handler(args.handler)
+    except ImportFromStringError as exc:
+        print(f"geventws: error: {exc}", file=sys.stderr)
+        return 2
+
+    ssl_context = None
+    if args.certfile:
+        import ssl
+
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(args.certfile, args.keyfile)
+
+    try:
+        server = WebSocketServer(
+            (args.host, args.port),
+            handler,
+            origins=args.origins,
+            subprotocols=args.subprotocols,
+            max_size=args.max_size,
+            max_queue=args.max_queue,
+            handshake_timeout=args.handshake_timeout,
+            close_timeout=args.close_timeout,
+            ssl_context=ssl_context,
+        )
+        server.start()
+    except OSError as exc:
+        print(f"geventws: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+
+    stopping: list[gevent.Greenlet] = []
+
+    def on_signal(signum: int) -> None:
+        name = signal.Signals(signum).name
+        if stopping:
+            log.warning("%s again: exiting now", name)
+            os._exit(1)
+        log.info("%s received: closing connections (up to %ss)", name, args.close_timeout)
+        stopping.append(gevent.spawn(server.stop, args.close_timeout))
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        gevent.signal_handler(signum, on_signal, signum)
+    server.serve_forever()
+    for greenlet in stopping:
+        greenlet.join()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``geventws`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
+    return 2  # pragma: no cover - argparse refuses unknown commands

@@ -1,0 +1,576 @@
+"""The blocking WebSocket connection handed to handlers and returned by the client.
+
+Theory of operation
+-------------------
+Each open connection has one *reader greenlet* that owns the receiving side: it reads the
+socket, feeds :class:`~geventws.protocol.Protocol`, writes what the protocol answers on
+its own (pongs, the echo of a close frame), and appends complete messages to a bounded
+deque that :meth:`Connection.receive` pops from. So a handler that only pushes still
+answers pings and notices a close, and a handler that falls behind stops the reader once
+``max_queue`` messages wait: the kernel buffers fill up and TCP pushes back on the
+client. The reader resumes when the queue is down to a quarter.
+
+Writes are coalesced: :meth:`Connection.send` frames the message and appends it to a
+write buffer that is flushed with a single ``sendall`` when the calling greenlet next
+blocks (in :meth:`receive`, or anywhere else through a hub callback), or at once when
+the buffer holds 64 KiB or more, so ``send()`` still blocks while the socket can't take
+more. A write lock keeps frames whole when several greenlets send at once.
+
+The reader greenlet also closes the socket, in a ``finally``: after the closing handshake,
+a protocol error or end of file, it shuts the sending side down, waits (at most
+``close_timeout``) for the peer to close its side, and closes the socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket as _socket
+import time
+from collections import deque
+from typing import Any, Iterator, Optional, Union
+
+import gevent
+from gevent.event import AsyncResult, Event
+from gevent.lock import Semaphore
+
+from .exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidState,
+)
+from .frames import CloseCode
+from .handshake import accept_response, reject_response, select_subprotocol
+from .headers import HeadersLike
+from .protocol import Close, Ping, Pong, Protocol, Side, State
+from .request import Request
+
+__all__ = ["Connection", "Data"]
+
+Data = Union[str, bytes]
+
+_RECV_SIZE = 262144
+_WRITE_HIGH_WATER = 65536
+_JOIN_LIMIT = 262144
+_OK_CODES = frozenset({CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD})
+
+_PENDING, _ACCEPTED, _REJECTED = "pending", "accepted", "rejected"
+
+
+def close_socket(sock: Any, timeout: float, shutdown_first: bool = True) -> None:
+    """Close ``sock`` without losing what was written to it.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy
+    a close frame or an HTTP error still in flight. So: shut the sending side down (the
+    server closes first, RFC 6455 §7.1.1), read until the peer closes its side or
+    ``timeout`` passes, then close. Never raises.
+    """
+    try:
+        if shutdown_first:
+            sock.shutdown(_socket.SHUT_WR)
+        with gevent.Timeout(timeout, False):
+            while sock.recv(65536):
+                pass
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class Connection:
+    """A WebSocket connection with a blocking, greenlet-friendly API.
+
+    Server side, the handler receives it before the handshake is answered:
+    :meth:`accept` and :meth:`reject` decide, and any other operation accepts
+    implicitly. Client side, :func:`geventws.connect` returns it open.
+
+    Every method may be called from any greenlet; sends from several greenlets never
+    interleave. Receiving from several greenlets at once is allowed (each message goes
+    to one of them) but rarely what you want.
+    """
+
+    def __init__(
+        self,
+        sock: Any,
+        side: Side,
+        *,
+        request: Optional[Request] = None,
+        remote_address: Optional[tuple[Any, ...]] = None,
+        max_size: Optional[int] = 2**20,
+        max_queue: int = 16,
+        close_timeout: float = 10.0,
+        logger: Optional[logging.Logger] = None,
+    ) -> None:
+        self._sock = sock
+        self.side = side
+        #: The upgrade request (server side) or ``None`` (client side).
+        self.request = request
+        #: The peer's address as the socket reports it.
+        self.remote_address = remote_address
+        #: The negotiated subprotocol, or ``None``; set when the handshake is accepted.
+        self.subprotocol: Optional[str] = None
+        #: The response headers of the handshake (client side).
+        self.response_headers: Optional[Any] = None
+        self.max_size = max_size
+        self.max_queue = max(1, max_queue)
+        self.close_timeout = close_timeout
+        self.logger = logger or logging.getLogger(f"geventws.{side.value}")
+        self._protocol: Optional[Protocol] = None
+        self._handshake = _PENDING
+        # Server-side handshake material, set by the server before the handler runs.
+        self._key = ""
+        self._leftover = b""
+        self._supported_subprotocols: tuple[str, ...] = ()
+        # Receiving.
+        self._messages: deque[Data] = deque()
+        self._message_ready = Event()
+        self._space = Event()
+        self._space.set()
+        self._reader: Optional[gevent.Greenlet] = None
+        self._done = False
+        self._pings: dict[bytes, tuple[AsyncResult, float]] = {}
+        # Sending.
+        self._write_lock = Semaphore()
+        self._wbuf: list[bytes] = []
+        self._wbuf_size = 0
+        self._flush_cb: Any = None
+        self._loop = gevent.get_hub().loop
+
+    # -- the opening handshake ------------------------------------------------------
+
+    def _prepare(self, key: str, leftover: bytes, subprotocols: tuple[str, ...]) -> None:
+        """Server side: remember what :meth:`accept` needs (called by the server)."""
+        self._key = key
+        self._leftover = leftover
+        self._supported_subprotocols = subprotocols
+
+    def accept(
+        self, subprotocol: Optional[str] = None, headers: Optional[HeadersLike] = None
+    ) -> None:
+        """Complete the opening handshake with 101 Switching Protocols.
+
+        ``subprotocol`` must be one the client offered; by default the server's
+        ``subprotocols`` option picks the first it supports that the client offered.
+        ``headers`` are added to the response. Raises :class:`InvalidState` after
+        :meth:`accept` or :meth:`reject`, or on a client connection.
+        """
+        if self.side is not Side.SERVER or self._handshake is not _PENDING:
+            raise InvalidState(f"cannot accept: handshake already {self._handshake}")
+        assert self.request is not None
+        if subprotocol is None:
+            subprotocol = select_subprotocol(
+                self.request.subprotocols, self._supported_subprotocols
+            )
+        elif subprotocol not in self.request.subprotocols:
+            raise ValueError(f"the client did not offer subprotocol {subprotocol!r}")
+        response = accept_response(self._key, subprotocol, headers=headers)
+        self._handshake = _ACCEPTED
+        self.subprotocol = subprotocol
+        with gevent.Timeout(
+            self.close_timeout, ConnectionClosedError(1006, "handshake write timed out")
+        ):
+            self._sock.sendall(response)
+        leftover, self._leftover = self._leftover, b""
+        self._start(Protocol(Side.SERVER, max_size=self.max_size), leftover)
+        if self.logger.isEnabledFor(logging.INFO):
+            self.logger.info(
+                "connection opened: %s %s",
+                _format_address(self.remote_address),
+                self.request.target,
+            )
+
+    def reject(
+        self,
+        status: int = 403,
+        body: Union[str, bytes] = "",
+        headers: Optional[HeadersLike] = None,
+    ) -> None:
+        """Refuse the upgrade with an HTTP ``status`` and end the connection.
+
+        Returns ``None``, so a handler may ``return connection.reject(403)``. Raises
+        :class:`InvalidState` after :meth:`accept` or :meth:`reject`, :class:`ValueError`
+        for a status that is not 3xx, 4xx or 5xx.
+        """
+        if self.side is not Side.SERVER or self._handshake is not _PENDING:
+            raise InvalidState(f"cannot reject: handshake already {self._handshake}")
+        if not 300 <= status <= 599:
+            raise ValueError("reject() needs a 3xx, 4xx or 5xx status")
+        self._handshake = _REJECTED
+        self._done = True
+        if self.logger.isEnabledFor(logging.INFO):
+            assert self.request is not None
+            self.logger.info(
+                "connection rejected: %s %s status=%d",
+                _format_address(self.remote_address),
+                self.request.target,
+                status,
+            )
+        try:
+            with gevent.Timeout(self.close_timeout, False):
+                self._sock.sendall(reject_response(status, body, headers))
+        except OSError:
+            pass
+        close_socket(self._sock, self.close_timeout)
+
+    def _start(self, protocol: Protocol, leftover: bytes = b"") -> None:
+        """Begin the open phase: start the reader greenlet on ``protocol``."""
+        self._protocol = protocol
+        self._handshake = _ACCEPTED
+        self._reader = gevent.spawn(self._read_loop, protocol, leftover)
+
+    def _ensure_open(self) -> Protocol:
+        protocol = self._protocol
+        if protocol is None:
+            if self._handshake is _REJECTED:
+                raise InvalidState("the connection was rejected")
+            self.accept()
+            protocol = self._protocol
+            assert protocol is not None
+        return protocol
+
+    # -- the reader greenlet ----------------------------------------------------------
+
+    def _read_loop(self, protocol: Protocol, data: bytes) -> None:
+        recv = self._sock.recv
+        messages = self._messages
+        debug = self.logger.isEnabledFor(logging.DEBUG)
+        try:
+            while True:
+                if data:
+                    events = protocol.receive_data(data)
+                    output = protocol.data_to_send()
+                    if output:
+                        self._write(output)
+                    if events:
+                        self._dispatch(events)
+                    if protocol.close_transport:
+                        if debug and protocol.error is not None:
+                            self.logger.debug("failing connection: %s", protocol.error)
+                        break
+                if len(messages) >= self.max_queue:
+                    self._space.clear()
+                    self._space.wait()
+                data = recv(_RECV_SIZE)
+                if not data:
+                    protocol.receive_eof()
+                    break
+        except OSError as exc:
+            if debug:
+                self.logger.debug("connection lost: %s", exc)
+            protocol.receive_eof()
+        except ConnectionClosed:
+            protocol.receive_eof()
+        finally:
+            if protocol.error is not None and protocol.error.code != CloseCode.PROTOCOL_ERROR:
+                self.logger.info(
+                    "closing %s: %s (%d)",
+                    _format_address(self.remote_address),
+                    protocol.error,
+                    protocol.error.code,
+                )
+            elif protocol.error is not None:
+                self.logger.info(
+                    "protocol error from %s: %s",
+                    _format_address(self.remote_address),
+                    protocol.error,
+                )
+            self._set_done()
+            close_socket(
+                self._sock,
+                0 if protocol.eof_rcvd else self.close_timeout,
+                shutdown_first=self.side is Side.SERVER,
+            )
+
+    def _dispatch(self, events: list[Any]) -> None:
+        messages = self._messages
+        new = False
+        for event in events:
+            kind = type(event)
+            if kind is str or kind is bytes:
+                messages.append(event)
+                new = True
+            elif kind is Pong:
+                self._pong_received(event.data)
+            elif kind is Close or kind is Ping:
+                pass
+        if new:
+            self._message_ready.set()
+
+    def _set_done(self) -> None:
+        self._done = True
+        self._message_ready.set()
+        self._space.set()
+        if self._pings:
+            error = self._closed_error()
+            for result, _ in self._pings.values():
+                result.set_exception(error)
+            self._pings.clear()
+
+    # -- receiving ------------------------------------------------------------------
+
+    def receive(self, timeout: Optional[float] = None) -> Data:
+        """The next message: ``str`` for a text message, ``bytes`` for a binary one.
+
+        Blocks until a message arrives or ``timeout`` seconds pass (then raises
+        :class:`TimeoutError` and the connection stays usable). Messages that arrived
+        before a close are delivered first; after that raises
+        :class:`~geventws.ConnectionClosedOK` or :class:`~geventws.ConnectionClosedError`.
+        """
+        if self._protocol is None:
+            self._ensure_open()
+        messages = self._messages
+        while not messages:
+            if self._done:
+                raise self._closed_error()
+            if self._wbuf:
+                self._flush()
+            self._message_ready.clear()
+            if not self._message_ready.wait(timeout):
+                raise TimeoutError(f"no message received within {timeout} seconds")
+        message = messages.popleft()
+        if len(messages) <= self.max_queue >> 2 and not self._space.is_set():
+            self._space.set()
+        return message
+
+    def __iter__(self) -> Iterator[Data]:
+        """Yield messages until the connection closes; ends quietly on a normal close
+        (1000, 1001, no code) and raises :class:`~geventws.ConnectionClosedError`
+        otherwise."""
+        while True:
+            try:
+                yield self.receive()
+            except ConnectionClosedOK:
+                return
+
+    # -- sending --------------------------------------------------------------------
+
+    def send(self, message: Union[Data, bytearray, memoryview], binary: bool = False) -> None:
+        """Send a message: a text frame by default, a binary frame with ``binary=True``.
+
+        A ``str`` is encoded as UTF-8. Bytes sent as text must be valid UTF-8, else
+        :class:`ValueError`. Returns once the frame is buffered; the buffer is written
+        when this greenlet next blocks, or right away past 64 KiB, so ``send()`` blocks
+        while the peer does not read. Raises :class:`~geventws.ConnectionClosed` when the
+        connection is closing or closed.
+        """
+        protocol = self._protocol
+        if protocol is None:
+            protocol = self._ensure_open()
+        if isinstance(message, str):
+            data = message.encode("utf-8")
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            data = bytes(message)
+            if not binary:
+                try:
+                    data.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ValueError(
+                        "bytes sent as a text frame must be valid UTF-8; "
+                        "pass binary=True to send a binary frame"
+                    ) from None
+        else:
+            raise TypeError(f"cannot send {type(message).__name__}: use str or bytes")
+        if self._done or protocol.state is not State.OPEN:
+            raise self._closed_error()
+        if binary:
+            protocol.send_binary(data)
+        else:
+            protocol.send_text(data)
+        self._queue(protocol.data_to_send(), len(data))
+
+    def ping(self, data: Union[str, bytes, None] = None) -> AsyncResult:
+        """Send a ping; return an :class:`~gevent.event.AsyncResult` for its pong.
+
+        ``result.get(timeout=...)`` gives the round-trip time in seconds, or raises
+        :class:`~geventws.ConnectionClosed` if the connection closes first. Without
+        ``data``, a random 4-byte payload is used. A pong also acknowledges every
+        earlier ping still waiting (RFC 6455 §5.5.3 lets peers answer only the last).
+        """
+        protocol = self._protocol
+        if protocol is None:
+            protocol = self._ensure_open()
+        if data is None:
+            payload = os.urandom(4)
+            while payload in self._pings:
+                payload = os.urandom(4)
+        else:
+            payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+            if payload in self._pings:
+                raise ValueError("already waiting for a pong with the same data")
+        if self._done or protocol.state is not State.OPEN:
+            raise self._closed_error()
+        protocol.send_ping(payload)
+        result = AsyncResult()
+        self._pings[payload] = (result, time.monotonic())
+        self._queue(protocol.data_to_send(), len(payload))
+        self._flush()
+        return result
+
+    def _pong_received(self, data: bytes) -> None:
+        if data not in self._pings:
+            return  # unsolicited pong: ignored (RFC 6455 §5.5.3)
+        now = time.monotonic()
+        for payload in list(self._pings):
+            result, sent_at = self._pings.pop(payload)
+            result.set(now - sent_at)
+            if payload == data:
+                break
+
+    def _queue(self, chunks: list[bytes], size: int) -> None:
+        self._wbuf.extend(chunks)
+        self._wbuf_size += size
+        if self._wbuf_size >= _WRITE_HIGH_WATER:
+            self._flush()
+        elif self._flush_cb is None:
+            self._flush_cb = self._loop.run_callback(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        # Runs in the hub once the sending greenlet blocked without flushing.
+        self._flush_cb = None
+        if self._wbuf:
+            gevent.spawn(self._flush_quietly)
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._flush()
+        except ConnectionClosed:
+            pass  # the reader greenlet sees the broken connection and reports it
+
+    def _write(self, chunks: list[bytes]) -> None:
+        """Write control output from the reader greenlet, after any buffered data."""
+        self._wbuf.extend(chunks)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write the whole buffer; raises :class:`ConnectionClosedError` if the socket fails."""
+        if self._flush_cb is not None:
+            self._flush_cb.stop()
+            self._flush_cb = None
+        with self._write_lock:
+            while self._wbuf:
+                chunks, size = self._wbuf, self._wbuf_size
+                self._wbuf, self._wbuf_size = [], 0
+                try:
+                    if len(chunks) == 1:
+                        self._sock.sendall(chunks[0])
+                    elif size <= _JOIN_LIMIT:
+                        self._sock.sendall(b"".join(chunks))
+                    else:
+                        for chunk in chunks:
+                            self._sock.sendall(chunk)
+                except OSError as exc:
+                    self._wbuf, self._wbuf_size = [], 0
+                    try:  # wake the reader: it reports the lost connection
+                        self._sock.shutdown(_socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    raise ConnectionClosedError(1006, f"write failed: {exc}") from exc
+
+    # -- closing --------------------------------------------------------------------
+
+    def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close the connection: send a close frame with ``code`` and ``reason``, wait up
+        to ``close_timeout`` for the peer's close and for the TCP connection to end.
+
+        Idempotent; never raises for a connection that is already closed. Buffered
+        messages are written before the close frame. Raises :class:`ValueError` for a
+        code that may not be sent (1004-1006, 1015, under 1000, 1016-2999, over 4999).
+        """
+        if self._protocol is None:
+            if self._handshake is _REJECTED:
+                return
+            self.accept()
+        protocol = self._protocol
+        assert protocol is not None and self._reader is not None
+        if not self._done and protocol.close_sent is None and protocol.state is State.OPEN:
+            protocol.send_close(code, reason)
+            self._space.set()  # the reader must keep reading to see the answer
+            try:
+                with gevent.Timeout(self.close_timeout, False):
+                    self._write(protocol.data_to_send())
+            except ConnectionClosed:
+                pass
+        if gevent.getcurrent() is not self._reader:
+            self._reader.join(timeout=self.close_timeout)
+            if not self._reader.dead:
+                self._reader.kill(block=True, timeout=1)
+
+    def _abort(self) -> None:
+        """Make sure the socket is closed and the reader gone (server's ``finally``)."""
+        if self._reader is not None and not self._reader.dead:
+            self._reader.kill(block=True, timeout=1)
+        self._done = True
+        self._sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- state ----------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once the closing handshake started or the connection was lost or rejected."""
+        protocol = self._protocol
+        if protocol is None:
+            return self._handshake is _REJECTED
+        return self._done or protocol.state is not State.OPEN
+
+    @property
+    def close_code(self) -> Optional[int]:
+        """How the connection closed, ``None`` while it is open.
+
+        The code in the peer's close frame (1005 when it had none); when geventws failed
+        the connection itself (protocol error, message too big), the code it sent;
+        1006 when the TCP connection ended without a closing handshake.
+        """
+        protocol = self._protocol
+        if protocol is None:
+            return None
+        if protocol.error is not None:
+            return protocol.error.code
+        if protocol.close_rcvd is not None:
+            return protocol.close_rcvd.code
+        if self._done:
+            return CloseCode.ABNORMAL_CLOSURE
+        return None
+
+    @property
+    def close_reason(self) -> Optional[str]:
+        """The reason matching :attr:`close_code` (``""`` when none was given)."""
+        protocol = self._protocol
+        if protocol is None:
+            return None
+        if protocol.error is not None:
+            return str(protocol.error)
+        if protocol.close_rcvd is not None:
+            return protocol.close_rcvd.reason
+        return "" if self._done else None
+
+    def _closed_error(self) -> ConnectionClosed:
+        code = self.close_code
+        if code is None:  # closing, not closed yet: report what we sent
+            protocol = self._protocol
+            sent = protocol.close_sent if protocol is not None else None
+            code, reason = (sent.code, sent.reason) if sent is not None else (1006, "")
+        else:
+            reason = self.close_reason or ""
+        if code in _OK_CODES:
+            return ConnectionClosedOK(code, reason)
+        return ConnectionClosedError(code, reason)
+
+    def __repr__(self) -> str:
+        state = self._handshake if self._protocol is None else self._protocol.state.name
+        return f"<Connection {self.side.value} {_format_address(self.remote_address)} {state}>"
+
+
+def _format_address(address: Optional[tuple[Any, ...]]) -> str:
+    if not address:
+        return "-"
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = address[0]
+        return f"[{host}]:{address[1]}" if ":" in str(host) else f"{host}:{address[1]}"
+    return str(address)

@@ -1,0 +1,255 @@
+"""The WebSocket server: a :class:`gevent.server.StreamServer` that runs one greenlet per
+connection, reads the upgrade request under a deadline, and calls
+``handler(connection, request)``.
+
+The connection is always closed when the handler ends: with 1000 when it returns, with
+1011 (and the traceback logged at ERROR) when it raises. A handler that raises before the
+handshake was answered gets its client a 500 instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket as _socket
+import time
+from typing import Any, Callable, Iterable, Optional, Union
+
+import gevent
+import gevent.ssl
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from .connection import Connection, _format_address, close_socket
+from .exceptions import ConnectionClosed, InvalidRequest
+from .frames import CloseCode
+from .handshake import check_request, reject_response
+from .http11 import find_head_end, parse_request
+from .protocol import Side
+from .request import Request
+
+__all__ = ["WebSocketServer", "serve", "Handler", "DEFAULT_MAX_SIZE"]
+
+logger = logging.getLogger("geventws.server")
+
+Handler = Callable[[Connection, Request], Any]
+
+#: Default limit on a message's size: 1 MiB.
+DEFAULT_MAX_SIZE = 2**20
+
+
+class WebSocketServer(StreamServer):  # type: ignore[misc]
+    """A WebSocket server on a gevent :class:`~gevent.server.StreamServer`.
+
+    ``listener`` is an address ``(host, port)`` or a listening socket, ``handler`` a
+    function ``handler(connection, request)``. Options (the same names as
+    :func:`serve` and the ``geventws serve`` flags):
+
+    ``origins``
+        Allowed ``Origin`` values; other origins get HTTP 403 before the handler runs.
+        Include ``None`` to allow clients that send no ``Origin`` (non-browsers).
+        ``None`` (the default) allows every origin.
+    ``subprotocols``
+        Subprotocols the server supports, in order of preference; picked automatically
+        at :meth:`~Connection.accept` unless the handler chooses.
+    ``max_size``
+        The largest message accepted, in bytes (default 1 MiB); over it the connection
+        closes with 1009. ``None`` disables the limit.
+    ``max_queue``
+        How many received messages may wait for the handler before geventws stops
+        reading the socket (default 16).
+    ``handshake_timeout``
+        Seconds a client has to send its complete upgrade request (default 10).
+    ``close_timeout``
+        Seconds to wait for the closing handshake and for writes during it (default 10).
+    ``ssl_context``
+        An :class:`ssl.SSLContext` to serve ``wss://``.
+
+    ``start()``, ``serve_forever()``, ``stop(timeout)`` and the context-manager form
+    come from gevent; :meth:`stop` first closes every connection with 1001.
+    """
+
+    def __init__(
+        self,
+        listener: Union[tuple[str, int], Any],
+        handler: Handler,
+        *,
+        origins: Optional[Iterable[Optional[str]]] = None,
+        subprotocols: Optional[Iterable[str]] = None,
+        max_size: Optional[int] = DEFAULT_MAX_SIZE,
+        max_queue: int = 16,
+        handshake_timeout: float = 10.0,
+        close_timeout: float = 10.0,
+        ssl_context: Any = None,
+        backlog: Optional[int] = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {}
+        if backlog is not None:
+            kwargs["backlog"] = backlog
+        super().__init__(listener, self._serve_connection, spawn=Pool(), **kwargs)
+        self.handler = handler
+        self.origins = None if origins is None else frozenset(origins)
+        self.subprotocols = tuple(subprotocols or ())
+        self.max_size = max_size
+        self.max_queue = max_queue
+        self.handshake_timeout = handshake_timeout
+        self.close_timeout = close_timeout
+        # TLS is wrapped here rather than by StreamServer, so that a standard-library
+        # context works without monkey-patching and the TLS handshake shares the deadline.
+        self.ssl_context = ssl_context
+        #: The open connections (accepted, not yet closed), for broadcasts and metrics.
+        self.connections: set[Connection] = set()
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start accepting connections in the background (see gevent's ``start``)."""
+        super().start()
+        host, port = self.address[:2] if isinstance(self.address, tuple) else (self.address, "")
+        logger.info("listening on %s", _format_address((host, port)) if port else host)
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Stop accepting, close every connection with 1001 (going away), wait up to
+        ``timeout`` seconds (default ``close_timeout``) for the handlers to finish, then
+        kill the ones still running."""
+        if timeout is None:
+            timeout = self.close_timeout
+        self.close()
+        closers = [
+            gevent.spawn(conn.close, CloseCode.GOING_AWAY, "server shutting down")
+            for conn in list(self.connections)
+        ]
+        super().stop(timeout=timeout)
+        gevent.killall(closers, block=True, timeout=1)
+
+    # -- one connection ---------------------------------------------------------------
+
+    def _serve_connection(self, sock: Any, address: Any) -> None:
+        started = time.monotonic()
+        connection: Optional[Connection] = None
+        try:
+            if sock.family in (_socket.AF_INET, _socket.AF_INET6):
+                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            connection = self._handshake(sock, address)
+            if connection is not None:
+                self._run_handler(connection)
+        finally:
+            if connection is None:
+                sock.close()
+            else:
+                self.connections.discard(connection)
+                connection._abort()
+                if connection.close_code is not None:
+                    assert connection.request is not None
+                    logger.info(
+                        "connection closed: %s %s code=%d duration=%.3fs",
+                        _format_address(address),
+                        connection.request.target,
+                        connection.close_code,
+                        time.monotonic() - started,
+                    )
+
+    def _handshake(self, sock: Any, address: Any) -> Optional[Connection]:
+        """Read and validate the upgrade request; answer errors; return the connection
+        (not yet accepted), or ``None`` once a refused or missing request is dealt with
+        and the socket closed.
+
+        The TLS handshake, if any, and the request must both arrive within
+        ``handshake_timeout``.
+        """
+        buffer = bytearray()
+        connection: Optional[Connection] = None
+        timeout = gevent.Timeout(self.handshake_timeout)
+        timeout.start()
+        try:
+            if self.ssl_context is not None:
+                sock = gevent.ssl.SSLSocket(sock=sock, server_side=True, _context=self.ssl_context)
+            while True:
+                data = sock.recv(16384)
+                if not data:
+                    return None
+                buffer += data
+                end = find_head_end(buffer)
+                if end >= 0:
+                    break
+            timeout.close()
+            head = parse_request(bytes(buffer[:end]))
+            request = Request(head.method, head.target, head.headers, address)
+            key = check_request(head)
+            if self.origins is not None and request.origin not in self.origins:
+                raise InvalidRequest(403, f"origin {request.origin!r} not allowed")
+            connection = Connection(
+                sock,
+                Side.SERVER,
+                request=request,
+                remote_address=address,
+                max_size=self.max_size,
+                max_queue=self.max_queue,
+                close_timeout=self.close_timeout,
+                logger=logger,
+            )
+            connection._prepare(key, bytes(buffer[end:]), self.subprotocols)
+            return connection
+        except gevent.Timeout as exc:
+            if exc is not timeout:
+                raise
+            logger.info("handshake timed out: %s", _format_address(address))
+            return None
+        except InvalidRequest as exc:
+            logger.info(
+                "handshake failed: %s status=%d %s",
+                _format_address(address),
+                exc.status,
+                exc.message,
+            )
+            self._refuse(sock, exc.status, exc.message + "\n", exc.headers)
+            return None
+        except OSError as exc:  # includes ssl.SSLError
+            logger.debug("handshake aborted: %s %s", _format_address(address), exc)
+            return None
+        finally:
+            timeout.close()
+            if connection is None:
+                sock.close()
+
+    def _refuse(self, sock: Any, status: int, body: str, headers: Any) -> None:
+        try:
+            with gevent.Timeout(self.close_timeout, False):
+                sock.sendall(reject_response(status, body, headers))
+        except OSError:
+            pass
+        close_socket(sock, self.close_timeout)
+
+    def _run_handler(self, connection: Connection) -> None:
+        request = connection.request
+        assert request is not None
+        self.connections.add(connection)
+        try:
+            self.handler(connection, request)
+        except ConnectionClosed as exc:
+            logger.debug("handler ended by a closed connection: %s", exc)
+        except Exception:
+            logger.error(
+                "handler failed: %s %s",
+                _format_address(connection.remote_address),
+                request.target,
+                exc_info=True,
+            )
+            if connection._protocol is None:
+                if not connection.closed:
+                    connection.reject(500, "Internal Server Error\n")
+                return
+            connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+            return
+        connection.close()
+
+
+def serve(
+    handler: Handler,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    **options: Any,
+) -> None:
+    """Run a :class:`WebSocketServer` for ``handler`` on ``host``:``port`` until it is
+    stopped. ``options`` are :class:`WebSocketServer`'s keyword arguments."""
+    server = WebSocketServer((host, port), handler, **options)
+    server.serve_forever()

@@ -1,0 +1,227 @@
+"""Test helpers: a geventws server on its own hub in a thread, and a raw client.
+
+The server runs in a background thread with its own gevent hub, so blocking clients
+from other libraries (websockets' sync client, websocket-client, requests, raw sockets)
+can be used from the test itself without monkey-patching anything.
+
+The raw client builds frames with its own code, independent of geventws.frames, so that
+the server is not only checked against itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+import weakref
+from typing import Any, Callable, Optional
+
+import gevent
+from gevent import Greenlet
+
+from geventws import WebSocketServer
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+
+
+class ServerThread:
+    """A :class:`WebSocketServer` on 127.0.0.1 (a free port), in a thread of its own."""
+
+    def __init__(self, handler: Callable[..., Any], **options: Any) -> None:
+        self.handler = handler
+        self.options = options
+        self.port = 0
+        self.server: Optional[WebSocketServer] = None
+        self.leftover_greenlets: list[Any] = []
+        self._ready = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="geventws-test-server", daemon=True)
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("server thread did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.server = WebSocketServer(("127.0.0.1", 0), self.handler, **self.options)
+            self.server.start()
+            self.port = self.server.server_port
+            self.hub = gevent.get_hub()
+        except BaseException as exc:  # reported to the test thread
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self.server.serve_forever()
+        gevent.sleep(0.01)  # let finished greenlets unwind
+        hub = gevent.get_hub()
+        self.leftover_greenlets = [
+            g
+            for g in gc.get_objects()
+            if type(g) is not weakref.ProxyType
+            and isinstance(g, Greenlet)
+            and g.parent is hub
+            and not g.dead
+        ]
+        hub.destroy(destroy_loop=True)  # the loop's own descriptors go with it
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def call(self, function: Callable[[], Any]) -> None:
+        """Run ``function`` in a new greenlet of the server's hub (thread-safe)."""
+        self.hub.loop.run_callback_threadsafe(gevent.spawn, function)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.server is None or not self._thread.is_alive():
+            return
+        server = self.server
+        self.call(lambda: server.stop(timeout))
+        self._thread.join(timeout + 10)
+        assert not self._thread.is_alive(), "server thread did not stop"
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- a raw client, independent of geventws --------------------------------------------
+
+
+def client_frame(
+    opcode: int,
+    payload: bytes = b"",
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    mask: Optional[bytes] = b"\x37\xfa\x21\x3d",
+    length: Optional[int] = None,
+) -> bytes:
+    """A frame as a client sends it; ``length`` overrides the encoded length."""
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    size = len(payload) if length is None else length
+    mask_bit = 0x80 if mask is not None else 0
+    if size < 126:
+        header = struct.pack("!BB", first, mask_bit | size)
+    elif size < 65536:
+        header = struct.pack("!BBH", first, mask_bit | 126, size)
+    else:
+        header = struct.pack("!BBQ", first, mask_bit | 127, size)
+    if mask is None:
+        return header + payload
+    return header + mask + xor(payload, mask)
+
+
+def xor(data: bytes, mask: bytes) -> bytes:
+    if not data:
+        return b""
+    n = len(data)
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
+
+
+class RawClient:
+    """A WebSocket client on a plain socket, for sending what well-behaved clients can't."""
+
+    def __init__(
+        self, port: int, path: str = "/", headers: str = "", timeout: float = 10.0
+    ) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buffer = b""
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{headers}\r\n"
+            ).encode()
+        )
+        head = self._read_until(b"\r\n\r\n")
+        self.status = int(head.split(b" ", 2)[1])
+        self.head = head
+
+    def _read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed during handshake")
+            self.buffer += data
+        head, _, self.buffer = self.buffer.partition(marker)
+        return head
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _read_exact(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            data = self.sock.recv(max(65536, n - len(self.buffer)))
+            if not data:
+                raise EOFError("connection closed")
+            self.buffer += data
+        chunk, self.buffer = self.buffer[:n], self.buffer[n:]
+        return chunk
+
+    def read_frame(self) -> tuple[int, int, bytes]:
+        """(first byte, opcode, payload) of the next server frame."""
+        b0, b1 = self._read_exact(2)
+        assert not b1 & 0x80, "server frames must not be masked"
+        length = b1 & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", self._read_exact(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self._read_exact(8))
+        return b0, b0 & 0x0F, self._read_exact(length)
+
+    def read_until_close(self) -> tuple[list[tuple[int, bytes]], Optional[int]]:
+        """Read frames until a close frame or EOF: (data/pong frames, close code or None)."""
+        frames: list[tuple[int, bytes]] = []
+        try:
+            while True:
+                _, opcode, payload = self.read_frame()
+                if opcode == 8:
+                    code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                    return frames, code
+                frames.append((opcode, payload))
+        except (EOFError, ConnectionResetError):
+            return frames, None
+
+    def wait_eof(self) -> bool:
+        """Whether the server closes the TCP connection (before the socket timeout)."""
+        try:
+            while self.sock.recv(65536):
+                pass
+            return True
+        except (TimeoutError, ConnectionResetError):
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def print_err(*args: Any) -> None:
+    print(*args, file=sys.stderr)
