@@ -237,13 +237,19 @@ class Connection:
         debug = self.logger.isEnabledFor(logging.DEBUG)
         try:
             while True:
-                if data:
+                if data or protocol.pending:
                     events = protocol.receive_data(data)
                     output = protocol.data_to_send()
                     if output:
                         self._write(output)
                     if events:
                         self._dispatch(events)
+                    if protocol.pending:
+                        # Messages came just before a close or a violation: let the
+                        # handler answer them before the close frame goes out.
+                        gevent.sleep(0)
+                        data = b""
+                        continue
                     if protocol.close_transport:
                         if debug and protocol.error is not None:
                             self.logger.debug("failing connection: %s", protocol.error)
@@ -323,9 +329,12 @@ class Connection:
         while not messages:
             if self._done:
                 raise self._closed_error()
+            # Clear before flushing: the flush may yield, and a message arriving then
+            # must not be missed.
+            self._message_ready.clear()
             if self._wbuf:
                 self._flush()
-            self._message_ready.clear()
+                continue
             if not self._message_ready.wait(timeout):
                 raise TimeoutError(f"no message received within {timeout} seconds")
         message = messages.popleft()

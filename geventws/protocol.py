@@ -163,6 +163,12 @@ class Protocol:
         self._frag_parts: list[Union[bytes, str]] = []
         self._frag_size = 0
         self._decoder: Optional[codecs.IncrementalDecoder] = None
+        self._pending_error: Optional[ProtocolError] = None
+        #: True when :meth:`receive_data` stopped early: it returned messages that came
+        #: before a close frame or a protocol violation, and acts on that close or
+        #: violation only at the next call (``receive_data(b"")`` will do). This lets the
+        #: application answer those messages before the connection closes.
+        self.pending = False
 
     # -- receiving ------------------------------------------------------------------
 
@@ -171,8 +177,16 @@ class Protocol:
 
         Never raises for bad input: a violation fails the connection instead (see the
         module docstring). After the peer's close frame or a failure, data is ignored.
+        When messages precede a close frame or a violation in ``data``, they are returned
+        first and :attr:`pending` is set: call again (``receive_data(b"")``) to act on
+        the rest.
         """
         if self.close_rcvd is not None or self.error is not None or self.eof_rcvd:
+            return []
+        self.pending = False
+        if self._pending_error is not None:
+            self.fail(self._pending_error)
+            self._buffer = bytearray()
             return []
         if self._buffer:
             self._buffer += data
@@ -183,7 +197,12 @@ class Protocol:
         try:
             consumed = self._parse(buffer, events)
         except ProtocolError as exc:
-            self.fail(exc)
+            if _has_message(events):
+                # Let the application answer the messages first (see ``pending``).
+                self._pending_error = exc
+                self.pending = True
+            else:
+                self.fail(exc)
             self._buffer = bytearray()
             return events
         if consumed == len(buffer):
@@ -227,6 +246,11 @@ class Protocol:
                 payload = bytes(buf[pos + header : stop])
             else:  # pragma: no cover - _check_header refused it
                 raise AssertionError("unmasked frame reached the server parser")
+            if opcode == Opcode.CLOSE and _has_message(events):
+                # Stop before the close: the application gets to answer these messages
+                # before the close frame is echoed (see ``pending``).
+                self.pending = True
+                return pos
             pos = stop
             if opcode >= 8:
                 self._control_frame(opcode, payload, events)
@@ -426,6 +450,10 @@ class Protocol:
         """True once the TCP connection should be closed: the closing handshake is over,
         the connection failed, or the transport ended."""
         return self.state is State.CLOSED
+
+
+def _has_message(events: list[Event]) -> bool:
+    return any(type(event) is str or type(event) is bytes for event in events)
 
 
 def _short_reason(message: str) -> str:

@@ -121,11 +121,30 @@ def test_length_with_most_significant_bit_fails_1002() -> None:
     assert_failed(p, 1002)
 
 
-def test_messages_before_an_error_are_delivered() -> None:
+def test_messages_before_an_error_come_first_then_the_failure() -> None:
     p = server()
     events = p.receive_data(frame(1, b"ok") + frame(5))
     assert events == ["ok"]
+    assert p.pending and p.error is None and sent(p) == b""  # the handler may answer first
+    p.send_text(b"answer")
+    assert sent(p) == b"\x81\x06answer"
+    assert p.receive_data(b"") == []
     assert_failed(p, 1002)
+    assert not p.pending
+
+
+def test_messages_before_a_close_come_first_then_the_close() -> None:
+    p = server()
+    events = p.receive_data(frame(1, b"a") + frame(2, b"b") + frame(8, b"\x03\xe8"))
+    assert events == ["a", b"b"] and p.pending and p.state is State.OPEN
+    assert p.receive_data(b"") == [Close(1000, "")]
+    assert sent(p) == b"\x88\x02\x03\xe8" and p.state is State.CLOSED
+
+
+def test_close_alone_is_not_pending() -> None:
+    p = server()
+    assert p.receive_data(frame(9) + frame(8, b"\x03\xe8")) == [Ping(b""), Close(1000, "")]
+    assert not p.pending
 
 
 def test_input_after_failure_is_ignored() -> None:
