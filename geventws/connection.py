@@ -127,13 +127,14 @@ class Connection:
         self._message_ready = Event()
         self._space = Event()
         self._space.set()
+        self._reader_paused = False
         self._reader: Optional[gevent.Greenlet] = None
         self._done = False
         self._pings: dict[bytes, tuple[AsyncResult, float]] = {}
-        # Sending.
+        # Sending: frames wait in the protocol's output queue; ``_unflushed`` counts
+        # roughly how many bytes, to flush at once past the high-water mark.
         self._write_lock = Semaphore()
-        self._wbuf: list[bytes] = []
-        self._wbuf_size = 0
+        self._unflushed = 0
         self._flush_cb: Any = None
         self._loop = gevent.get_hub().loop
 
@@ -239,9 +240,8 @@ class Connection:
             while True:
                 if data or protocol.pending:
                     events = protocol.receive_data(data)
-                    output = protocol.data_to_send()
-                    if output:
-                        self._write(output)
+                    if protocol.output_pending:  # pongs, the close echo
+                        self._flush()
                     if events:
                         self._dispatch(events)
                     if protocol.pending:
@@ -255,8 +255,10 @@ class Connection:
                             self.logger.debug("failing connection: %s", protocol.error)
                         break
                 if len(messages) >= self.max_queue:
+                    self._reader_paused = True
                     self._space.clear()
                     self._space.wait()
+                    self._reader_paused = False
                 data = recv(_RECV_SIZE)
                 if not data:
                     protocol.receive_eof()
@@ -332,13 +334,14 @@ class Connection:
             # Clear before flushing: the flush may yield, and a message arriving then
             # must not be missed.
             self._message_ready.clear()
-            if self._wbuf:
+            if self._unflushed:
                 self._flush()
                 continue
             if not self._message_ready.wait(timeout):
                 raise TimeoutError(f"no message received within {timeout} seconds")
         message = messages.popleft()
-        if len(messages) <= self.max_queue >> 2 and not self._space.is_set():
+        if self._reader_paused and len(messages) <= self.max_queue >> 2:
+            self._reader_paused = False
             self._space.set()
         return message
 
@@ -380,13 +383,20 @@ class Connection:
                     ) from None
         else:
             raise TypeError(f"cannot send {type(message).__name__}: use str or bytes")
-        if self._done or protocol.state is not State.OPEN:
+        if self._done:
             raise self._closed_error()
-        if binary:
-            protocol.send_binary(data)
-        else:
-            protocol.send_text(data)
-        self._queue(protocol.data_to_send(), len(data))
+        try:
+            if binary:
+                protocol.send_binary(data)
+            else:
+                protocol.send_text(data)
+        except InvalidState:
+            raise self._closed_error() from None
+        self._unflushed += len(data) + 2
+        if self._unflushed >= _WRITE_HIGH_WATER:
+            self._flush()
+        elif self._flush_cb is None:
+            self._flush_cb = self._loop.run_callback(self._flush_soon)
 
     def ping(self, data: Union[str, bytes, None] = None) -> AsyncResult:
         """Send a ping; return an :class:`~gevent.event.AsyncResult` for its pong.
@@ -412,7 +422,6 @@ class Connection:
         protocol.send_ping(payload)
         result = AsyncResult()
         self._pings[payload] = (result, time.monotonic())
-        self._queue(protocol.data_to_send(), len(payload))
         self._flush()
         return result
 
@@ -426,18 +435,10 @@ class Connection:
             if payload == data:
                 break
 
-    def _queue(self, chunks: list[bytes], size: int) -> None:
-        self._wbuf.extend(chunks)
-        self._wbuf_size += size
-        if self._wbuf_size >= _WRITE_HIGH_WATER:
-            self._flush()
-        elif self._flush_cb is None:
-            self._flush_cb = self._loop.run_callback(self._flush_soon)
-
     def _flush_soon(self) -> None:
         # Runs in the hub once the sending greenlet blocked without flushing.
         self._flush_cb = None
-        if self._wbuf:
+        if self._unflushed:
             gevent.spawn(self._flush_quietly)
 
     def _flush_quietly(self) -> None:
@@ -446,30 +447,32 @@ class Connection:
         except ConnectionClosed:
             pass  # the reader greenlet sees the broken connection and reports it
 
-    def _write(self, chunks: list[bytes]) -> None:
-        """Write control output from the reader greenlet, after any buffered data."""
-        self._wbuf.extend(chunks)
-        self._flush()
-
     def _flush(self) -> None:
-        """Write the whole buffer; raises :class:`ConnectionClosedError` if the socket fails."""
+        """Write everything the protocol queued, in order, under the write lock.
+
+        Raises :class:`ConnectionClosedError` (1006) if the socket fails; the socket is
+        then shut down so that the reader greenlet notices too.
+        """
         if self._flush_cb is not None:
             self._flush_cb.stop()
             self._flush_cb = None
+        protocol = self._protocol
+        assert protocol is not None
+        sendall = self._sock.sendall
         with self._write_lock:
-            while self._wbuf:
-                chunks, size = self._wbuf, self._wbuf_size
-                self._wbuf, self._wbuf_size = [], 0
+            while protocol.output_pending:
+                chunks = protocol.data_to_send()
+                self._unflushed = 0
                 try:
                     if len(chunks) == 1:
-                        self._sock.sendall(chunks[0])
-                    elif size <= _JOIN_LIMIT:
-                        self._sock.sendall(b"".join(chunks))
+                        sendall(chunks[0])
+                    elif sum(map(len, chunks)) <= _JOIN_LIMIT:
+                        sendall(b"".join(chunks))
                     else:
                         for chunk in chunks:
-                            self._sock.sendall(chunk)
+                            sendall(chunk)
                 except OSError as exc:
-                    self._wbuf, self._wbuf_size = [], 0
+                    protocol.data_to_send()  # drop the rest: the connection is gone
                     try:  # wake the reader: it reports the lost connection
                         self._sock.shutdown(_socket.SHUT_RDWR)
                     except OSError:
@@ -497,7 +500,7 @@ class Connection:
             self._space.set()  # the reader must keep reading to see the answer
             try:
                 with gevent.Timeout(self.close_timeout, False):
-                    self._write(protocol.data_to_send())
+                    self._flush()
             except ConnectionClosed:
                 pass
         if gevent.getcurrent() is not self._reader:

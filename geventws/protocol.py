@@ -133,6 +133,9 @@ Event = Union[str, bytes, Ping, Pong, Close]
 _FIN = 0x80
 _RSV_MASK = 0x70
 _RSV1 = 0x40
+# Headers of unmasked, unfragmented frames under 126 bytes, by length: the hot path.
+_TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
+_BINARY_HEADERS = [bytes((0x82, n)) for n in range(126)]
 
 
 class Protocol:
@@ -217,6 +220,8 @@ class Protocol:
         pos = 0
         end = len(buf)
         client = self._client
+        max_size = self.max_size
+        append = events.append
         while end - pos >= 2:
             b0 = buf[pos]
             b1 = buf[pos + 1]
@@ -232,9 +237,19 @@ class Protocol:
                     break
                 (length,) = _UNPACK_Q(buf, pos + 2)
                 header = 10
+                if length >> 63:
+                    raise ProtocolError("payload length with the most significant bit set")
             opcode = b0 & 0x0F
-            self._check_header(b0, b1, opcode, length)
             masked = b1 & 0x80
+            # The common case: a whole text or binary message in one well-masked frame.
+            simple = (
+                b0 in (0x81, 0x82)
+                and self._frag_opcode is None
+                and (max_size is None or length <= max_size)
+                and bool(masked) is not client
+            )
+            if not simple:
+                self._check_header(b0, b1, opcode, length)
             if masked:
                 header += 4
             stop = pos + header + length
@@ -246,6 +261,16 @@ class Protocol:
                 payload = bytes(buf[pos + header : stop])
             else:  # pragma: no cover - _check_header refused it
                 raise AssertionError("unmasked frame reached the server parser")
+            if simple and self.close_sent is None:
+                pos = stop
+                if b0 == 0x81:
+                    try:
+                        append(payload.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
+                else:
+                    append(payload)
+                continue
             if opcode == Opcode.CLOSE and _has_message(events):
                 # Stop before the close: the application gets to answer these messages
                 # before the close frame is echoed (see ``pending``).
@@ -280,8 +305,6 @@ class Protocol:
             if length > MAX_CONTROL_PAYLOAD:
                 raise ProtocolError("control frame payload over 125 bytes")
             return
-        if length >> 63:
-            raise ProtocolError("payload length with the most significant bit set")
         if opcode == 0:
             if self._frag_opcode is None:
                 raise ProtocolError("continuation frame without a message to continue")
@@ -390,13 +413,21 @@ class Protocol:
 
         Raises :class:`InvalidState` once the closing handshake started.
         """
-        self._check_open()
-        self._queue_frame(Opcode.TEXT, data)
+        if self.close_sent is not None or self.state is not State.OPEN:
+            self._check_open()
+        if len(data) < 126 and not self._client:
+            self._output.append(_TEXT_HEADERS[len(data)] + data)
+        else:
+            self._queue_frame(Opcode.TEXT, data)
 
     def send_binary(self, data: bytes) -> None:
         """Queue a binary message. Raises :class:`InvalidState` once closing."""
-        self._check_open()
-        self._queue_frame(Opcode.BINARY, data)
+        if self.close_sent is not None or self.state is not State.OPEN:
+            self._check_open()
+        if len(data) < 126 and not self._client:
+            self._output.append(_BINARY_HEADERS[len(data)] + data)
+        else:
+            self._queue_frame(Opcode.BINARY, data)
 
     def send_ping(self, data: bytes) -> None:
         """Queue a ping (at most 125 bytes). Raises :class:`InvalidState` once closing."""
@@ -437,6 +468,11 @@ class Protocol:
         if self.close_sent is None and self.state is not State.CLOSED:
             self._send_close(Close(error.code, _short_reason(str(error))))
         self.state = State.CLOSED
+
+    @property
+    def output_pending(self) -> bool:
+        """Whether bytes are queued for :meth:`data_to_send`."""
+        return bool(self._output)
 
     def data_to_send(self) -> list[bytes]:
         """Everything queued for the transport since the last call, in order."""
