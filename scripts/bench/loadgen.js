@@ -1,0 +1,74 @@
+// Load generator for scripts/bench_echo.py.
+//
+//   node loadgen.js echo URL CONNECTIONS INFLIGHT SIZE SECONDS binary|text
+//     keeps INFLIGHT messages of SIZE bytes in flight on each of CONNECTIONS
+//     connections for SECONDS, then prints {"messages": N, "seconds": S, "errors": E}.
+//   node loadgen.js idle URL CONNECTIONS HOLD_SECONDS
+//     opens CONNECTIONS idle connections (200 handshakes at a time), prints
+//     "open N" once they are all open, holds them HOLD_SECONDS, closes them.
+//
+// perMessageDeflate is off: the echo benchmark compares framing, not compression.
+'use strict';
+const WebSocket = require('ws');
+
+function echo(url, connections, inflight, size, seconds, mode) {
+  const payload = mode === 'binary' ? Buffer.alloc(size, 7) : 'x'.repeat(size);
+  let received = 0, errors = 0, open = 0, started = 0, running = true;
+  const sockets = [];
+  for (let i = 0; i < connections; i++) {
+    const ws = new WebSocket(url, { perMessageDeflate: false, maxPayload: 64 * 1024 * 1024 });
+    sockets.push(ws);
+    ws.on('open', () => {
+      open++;
+      if (open === connections) {
+        started = process.hrtime.bigint();
+        for (const s of sockets) for (let j = 0; j < inflight; j++) s.send(payload, { binary: mode === 'binary' });
+        setTimeout(finish, seconds * 1000);
+      }
+    });
+    ws.on('message', () => {
+      received++;
+      if (running) ws.send(payload, { binary: mode === 'binary' });
+    });
+    ws.on('error', () => { errors++; });
+  }
+  function finish() {
+    running = false;
+    const elapsed = Number(process.hrtime.bigint() - started) / 1e9;
+    console.log(JSON.stringify({ messages: received, seconds: elapsed, errors }));
+    for (const s of sockets) s.terminate();
+    process.exit(0);
+  }
+  setTimeout(() => { console.log(JSON.stringify({ messages: 0, seconds: 0, errors: -1 })); process.exit(1); }, (seconds + 60) * 1000);
+}
+
+function idle(url, connections, hold) {
+  let opened = 0, failed = 0, next = 0;
+  const sockets = [];
+  function openOne() {
+    if (next >= connections) return;
+    next++;
+    const ws = new WebSocket(url, { perMessageDeflate: false });
+    sockets.push(ws);
+    ws.on('open', () => {
+      opened++;
+      if (opened + failed === connections) done();
+      else openOne();
+    });
+    ws.on('error', () => {
+      failed++;
+      if (opened + failed === connections) done();
+      else openOne();
+    });
+  }
+  function done() {
+    console.log(`open ${opened} failed ${failed}`);
+    setTimeout(() => { for (const s of sockets) s.terminate(); process.exit(0); }, hold * 1000);
+  }
+  for (let i = 0; i < 200; i++) openOne();
+}
+
+const [cmd, ...args] = process.argv.slice(2);
+if (cmd === 'echo') echo(args[0], +args[1], +args[2], +args[3], +args[4], args[5]);
+else if (cmd === 'idle') idle(args[0], +args[1], +args[2]);
+else { console.error('usage: loadgen.js echo|idle ...'); process.exit(2); }
