@@ -1,0 +1,27 @@
+"""Sphinx configuration for geventws' documentation."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(".."))
+
+import geventws  # noqa: E402
+
+project = "geventws"
+author = "the geventws developers"
+copyright = "2026, the geventws developers"
+release = version = geventws.__version__
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.viewcode",
+]
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+nitpicky = False
+html_theme = "furo"
+html_title = f"geventws {release}"
+exclude_patterns = ["_build"]
