@@ -2,23 +2,32 @@
 
 Theory of operation
 -------------------
-Each open connection has one *reader greenlet* that owns the receiving side: it reads the
-socket, feeds :class:`~geventws.protocol.Protocol`, writes what the protocol answers on
-its own (pongs, the echo of a close frame), and appends complete messages to a bounded
-deque that :meth:`Connection.receive` pops from. So a handler that only pushes still
-answers pings and notices a close, and a handler that falls behind stops the reader once
-``max_queue`` messages wait: the kernel buffers fill up and TCP pushes back on the
-client. The reader resumes when the queue is down to a quarter.
+Reading. Whoever needs bytes reads the socket itself: a handler blocked in
+:meth:`Connection.receive` with nothing queued calls ``recv`` *inline*, feeds
+:class:`~geventws.protocol.Protocol` and returns the first message, with no other
+greenlet involved. While nobody reads (the handler is busy elsewhere, or only pushes),
+an I/O watcher is armed on the socket; when bytes arrive, its callback spawns a
+short-lived *helper* greenlet that reads once, answers pings and sees a close, queues
+the messages, and exits. So an idle connection costs one greenlet (its handler), the echo
+path costs no extra switch, and a handler that never receives still answers pings and
+notices a close. ``_reading`` says whether some greenlet currently owns the read side;
+only that one calls ``recv``.
 
-Writes are coalesced: :meth:`Connection.send` frames the message and appends it to a
-write buffer that is flushed with a single ``sendall`` when the calling greenlet next
-blocks (in :meth:`receive`, or anywhere else through a hub callback), or at once when
-the buffer holds 64 KiB or more, so ``send()`` still blocks while the socket can't take
-more. A write lock keeps frames whole when several greenlets send at once.
+Back-pressure. Complete messages wait in a deque that :meth:`~Connection.receive` pops.
+Once ``max_queue`` messages wait, the watcher is not re-armed: nobody reads, the kernel
+buffers fill up and TCP pushes back on the client. Reading resumes when the handler has
+taken the queue down to a quarter.
 
-The reader greenlet also closes the socket, in a ``finally``: after the closing handshake,
-a protocol error or end of file, it shuts the sending side down, waits (at most
-``close_timeout``) for the peer to close its side, and closes the socket.
+Writing. :meth:`Connection.send` frames the message into the protocol's output queue,
+which is written with one ``sendall`` when the calling greenlet next blocks (in
+:meth:`~Connection.receive`, or anywhere else through a hub callback), or at once past
+64 KiB, so ``send()`` still blocks while the socket can't take more. A write lock keeps
+frames whole when several greenlets send at once.
+
+Closing. When the protocol says the transport should close (closing handshake done,
+protocol error, end of file), the connection is marked done at once (receivers wake up)
+and a closer greenlet shuts the sending side down, waits at most ``close_timeout`` for
+the peer to close its side, and closes the socket.
 """
 
 from __future__ import annotations
@@ -56,6 +65,10 @@ _JOIN_LIMIT = 262144
 _OK_CODES = frozenset({CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD})
 
 _PENDING, _ACCEPTED, _REJECTED = "pending", "accepted", "rejected"
+
+
+class _ReadTimeout(Exception):
+    """Internal: ``receive(timeout)`` ran out while reading inline."""
 
 
 def close_socket(sock: Any, timeout: float, shutdown_first: bool = True) -> None:
@@ -124,11 +137,11 @@ class Connection:
         self._supported_subprotocols: tuple[str, ...] = ()
         # Receiving.
         self._messages: deque[Data] = deque()
-        self._message_ready = Event()
-        self._space = Event()
-        self._space.set()
-        self._reader_paused = False
-        self._reader: Optional[gevent.Greenlet] = None
+        self._wakeup = Event()  # set when messages arrive, a helper exits, or done
+        self._reading = False  # some greenlet owns the read side (see the module doc)
+        self._watcher: Any = None  # read watcher, armed while nobody reads
+        self._ssl_pending = getattr(sock, "pending", None)
+        self._closer: Optional[Any] = None
         self._done = False
         self._pings: dict[bytes, tuple[AsyncResult, float]] = {}
         # Sending: frames wait in the protocol's output queue; ``_unflushed`` counts
@@ -215,10 +228,17 @@ class Connection:
         close_socket(self._sock, self.close_timeout)
 
     def _start(self, protocol: Protocol, leftover: bytes = b"") -> None:
-        """Begin the open phase: start the reader greenlet on ``protocol``."""
+        """Begin the open phase on ``protocol``; ``leftover`` are bytes already read."""
         self._protocol = protocol
         self._handshake = _ACCEPTED
-        self._reader = gevent.spawn(self._read_loop, protocol, leftover)
+        self._watcher = self._loop.io(self._sock.fileno(), 1)
+        if leftover:
+            self._reading = True
+            try:
+                self._process(leftover)
+            finally:
+                self._reading = False
+        self._arm()
 
     def _ensure_open(self) -> Protocol:
         protocol = self._protocol
@@ -230,65 +250,93 @@ class Connection:
             assert protocol is not None
         return protocol
 
-    # -- the reader greenlet ----------------------------------------------------------
+    # -- reading ----------------------------------------------------------------------
 
-    def _read_loop(self, protocol: Protocol, data: bytes) -> None:
-        recv = self._sock.recv
-        messages = self._messages
-        debug = self.logger.isEnabledFor(logging.DEBUG)
+    def _arm(self) -> None:
+        """Nobody reads now: make sure arriving bytes are read (see the module doc)."""
+        protocol = self._protocol
+        if self._done or self._reading or protocol is None:
+            return
+        if len(self._messages) >= self.max_queue:
+            return  # paused: TCP pushes back until the handler catches up
+        if protocol.pending or (self._ssl_pending is not None and self._ssl_pending()):
+            self._spawn_helper()  # input is already here, no readiness will be signalled
+        elif not self._watcher.active:
+            self._watcher.start(self._on_readable)
+
+    def _on_readable(self) -> None:
+        # Runs in the hub: bytes arrived while nobody was reading.
+        self._watcher.stop()
+        if not self._reading and not self._done:
+            self._spawn_helper()
+
+    def _spawn_helper(self) -> None:
+        self._reading = True  # claimed now, so no second reader starts meanwhile
+        gevent.spawn_raw(self._helper)
+
+    def _helper(self) -> None:
         try:
-            while True:
-                if data or protocol.pending:
-                    events = protocol.receive_data(data)
-                    if protocol.output_pending:  # pongs, the close echo
-                        self._flush()
-                    if events:
-                        self._dispatch(events)
-                    if protocol.pending:
-                        # Messages came just before a close or a violation: let the
-                        # handler answer them before the close frame goes out.
-                        gevent.sleep(0)
-                        data = b""
-                        continue
-                    if protocol.close_transport:
-                        if debug and protocol.error is not None:
-                            self.logger.debug("failing connection: %s", protocol.error)
-                        break
-                if len(messages) >= self.max_queue:
-                    self._reader_paused = True
-                    self._space.clear()
-                    self._space.wait()
-                    self._reader_paused = False
-                data = recv(_RECV_SIZE)
-                if not data:
-                    protocol.receive_eof()
-                    break
-        except OSError as exc:
-            if debug:
-                self.logger.debug("connection lost: %s", exc)
-            protocol.receive_eof()
+            self._read_some(None)
+            while self._protocol is not None and self._protocol.pending and not self._done:
+                gevent.sleep(0)  # let the handler answer what came before the close
+                self._read_some(None)
         except ConnectionClosed:
-            protocol.receive_eof()
+            pass
         finally:
-            if protocol.error is not None and protocol.error.code != CloseCode.PROTOCOL_ERROR:
-                self.logger.info(
-                    "closing %s: %s (%d)",
-                    _format_address(self.remote_address),
-                    protocol.error,
-                    protocol.error.code,
-                )
-            elif protocol.error is not None:
-                self.logger.info(
-                    "protocol error from %s: %s",
-                    _format_address(self.remote_address),
-                    protocol.error,
-                )
-            self._set_done()
-            close_socket(
-                self._sock,
-                0 if protocol.eof_rcvd else self.close_timeout,
-                shutdown_first=self.side is Side.SERVER,
-            )
+            self._reading = False
+            self._wakeup.set()  # a handler waiting in receive() may take over
+            self._arm()
+
+    def _read_inline(self, timeout: Optional[float]) -> None:
+        """Read once in the calling greenlet; raises :class:`TimeoutError`."""
+        if self._watcher.active:
+            self._watcher.stop()
+        self._reading = True
+        try:
+            if timeout is None:
+                self._read_some(None)
+            else:
+                with gevent.Timeout(timeout, _ReadTimeout):
+                    self._read_some(timeout)
+        except _ReadTimeout:
+            raise TimeoutError(f"no message received within {timeout} seconds") from None
+        finally:
+            self._reading = False
+        self._arm()
+
+    def _read_some(self, timeout: Optional[float]) -> None:
+        """One ``recv`` (or the rest of a pending batch), processed. Only the greenlet
+        that set ``_reading`` calls this."""
+        protocol = self._protocol
+        assert protocol is not None
+        if protocol.pending:
+            data = b""
+        else:
+            try:
+                data = self._sock.recv(_RECV_SIZE)
+            except OSError as exc:
+                if self.logger.isEnabledFor(logging.DEBUG):
+                    self.logger.debug("connection lost: %s", exc)
+                data = b""
+            if not data:
+                protocol.receive_eof()
+                self._finish()
+                return
+        self._process(data)
+
+    def _process(self, data: bytes) -> None:
+        protocol = self._protocol
+        assert protocol is not None
+        events = protocol.receive_data(data)
+        if protocol.output_pending:  # pongs, the close echo
+            try:
+                self._flush()
+            except ConnectionClosed:
+                protocol.receive_eof()
+        if events:
+            self._dispatch(events)
+        if protocol.close_transport:
+            self._finish()
 
     def _dispatch(self, events: list[Any]) -> None:
         messages = self._messages
@@ -303,17 +351,36 @@ class Connection:
             elif kind is Close or kind is Ping:
                 pass
         if new:
-            self._message_ready.set()
+            self._wakeup.set()
 
-    def _set_done(self) -> None:
+    def _finish(self) -> None:
+        """The connection is over: wake everyone, and close the socket in the background."""
+        if self._done:
+            return
         self._done = True
-        self._message_ready.set()
-        self._space.set()
+        protocol = self._protocol
+        assert protocol is not None
+        if protocol.error is not None:
+            self.logger.info(
+                "closing %s: %s (%d)",
+                _format_address(self.remote_address),
+                protocol.error,
+                protocol.error.code,
+            )
+        if self._watcher is not None:
+            self._watcher.stop()
+        self._wakeup.set()
         if self._pings:
             error = self._closed_error()
             for result, _ in self._pings.values():
                 result.set_exception(error)
             self._pings.clear()
+        self._closer = gevent.spawn(
+            close_socket,
+            self._sock,
+            0 if protocol.eof_rcvd else self.close_timeout,
+            self.side is Side.SERVER,
+        )
 
     # -- receiving ------------------------------------------------------------------
 
@@ -331,18 +398,17 @@ class Connection:
         while not messages:
             if self._done:
                 raise self._closed_error()
-            # Clear before flushing: the flush may yield, and a message arriving then
-            # must not be missed.
-            self._message_ready.clear()
+            # Clear before anything that may yield: a wake-up meanwhile is not lost.
+            self._wakeup.clear()
             if self._unflushed:
                 self._flush()
-                continue
-            if not self._message_ready.wait(timeout):
+            elif not self._reading:
+                self._read_inline(timeout)
+            elif not self._wakeup.wait(timeout):
                 raise TimeoutError(f"no message received within {timeout} seconds")
         message = messages.popleft()
-        if self._reader_paused and len(messages) <= self.max_queue >> 2:
-            self._reader_paused = False
-            self._space.set()
+        if not self._reading and len(messages) <= self.max_queue >> 2 and not self._watcher.active:
+            self._arm()  # resume reading after a pause
         return message
 
     def __iter__(self) -> Iterator[Data]:
@@ -494,25 +560,43 @@ class Connection:
                 return
             self.accept()
         protocol = self._protocol
-        assert protocol is not None and self._reader is not None
+        assert protocol is not None
         if not self._done and protocol.close_sent is None and protocol.state is State.OPEN:
             protocol.send_close(code, reason)
-            self._space.set()  # the reader must keep reading to see the answer
+        with gevent.Timeout(self.close_timeout, False):
             try:
-                with gevent.Timeout(self.close_timeout, False):
+                if protocol.output_pending:
                     self._flush()
+                # Read until the peer answers and the protocol says the link is over;
+                # received data is discarded by the protocol from now on.
+                while not self._done:
+                    self._wakeup.clear()
+                    if self._reading:
+                        self._wakeup.wait()
+                    else:
+                        self._read_inline(None)
             except ConnectionClosed:
                 pass
-        if gevent.getcurrent() is not self._reader:
-            self._reader.join(timeout=self.close_timeout)
-            if not self._reader.dead:
-                self._reader.kill(block=True, timeout=1)
+        if not self._done:  # no answer in time
+            protocol.receive_eof()
+            self._finish()
+        self._wait_closer()
+
+    def _wait_closer(self) -> None:
+        closer = self._closer
+        if closer is not None and gevent.getcurrent() is not closer:
+            closer.join(timeout=self.close_timeout)
+            if not closer.dead:
+                closer.kill(block=True, timeout=1)
 
     def _abort(self) -> None:
-        """Make sure the socket is closed and the reader gone (server's ``finally``)."""
-        if self._reader is not None and not self._reader.dead:
-            self._reader.kill(block=True, timeout=1)
+        """Make sure the socket is closed and no greenlet of ours is left (server's
+        ``finally``)."""
         self._done = True
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher.close()
+        self._wait_closer()
         self._sock.close()
 
     def __enter__(self) -> Connection:

@@ -22,7 +22,7 @@ import weakref
 from typing import Any, Callable, Optional
 
 import gevent
-from gevent import Greenlet
+import greenlet
 
 from geventws import WebSocketServer
 
@@ -81,7 +81,7 @@ class ServerThread:
             g
             for g in gc.get_objects()
             if type(g) is not weakref.ProxyType
-            and isinstance(g, Greenlet)
+            and isinstance(g, greenlet.greenlet)  # raw greenlets too, not only Greenlet
             and g.parent is hub
             and not g.dead
         ]
