@@ -24,8 +24,9 @@ The caller then closes the TCP connection once the close frame is written
 (:attr:`Protocol.close_transport` turns true), the server first (§7.1.1).
 
 States: ``OPEN`` → ``CLOSING`` (a close frame was sent or received) → ``CLOSED`` (both
-were, or the transport ended). After a close is sent, incoming data frames are
-discarded; after one is received, nothing more is parsed.
+were, or the transport ended). After sending a close, messages the peer sent before it
+saw our close are still delivered (RFC 6455 §1.4), but pings are no longer answered;
+after receiving a close, nothing more is parsed.
 """
 
 from __future__ import annotations
@@ -261,7 +262,7 @@ class Protocol:
                 payload = bytes(buf[pos + header : stop])
             else:  # pragma: no cover - _check_header refused it
                 raise AssertionError("unmasked frame reached the server parser")
-            if simple and self.close_sent is None:
+            if simple:
                 pos = stop
                 if b0 == 0x81:
                     try:
@@ -281,10 +282,8 @@ class Protocol:
                 self._control_frame(opcode, payload, events)
                 if self.close_rcvd is not None:
                     return end  # nothing after a close frame is processed
-            elif self.close_sent is None:
-                self._data_frame(b0, opcode, payload, events)
             else:
-                self._skip_data_frame(b0, opcode)
+                self._data_frame(b0, opcode, payload, events)
         return pos
 
     def _check_header(self, b0: int, b1: int, opcode: int, length: int) -> None:
@@ -352,17 +351,6 @@ class Protocol:
             events.append(message)
             self._frag_parts = []
             self._frag_opcode = None
-            self._frag_size = 0
-            self._decoder = None
-
-    def _skip_data_frame(self, b0: int, opcode: int) -> None:
-        # After our close frame, data is discarded (RFC 6455 §5.5.1) but fragmentation
-        # is still tracked so that the peer's close frame is still found.
-        if opcode:
-            self._frag_opcode = opcode
-        if b0 & _FIN:
-            self._frag_opcode = None
-            self._frag_parts = []
             self._frag_size = 0
             self._decoder = None
 

@@ -336,8 +336,8 @@ def test_we_close_first_then_peer_answers() -> None:
     p.send_close(1000, "done")
     assert sent(p) == b"\x88\x06\x03\xe8done"
     assert p.state is State.CLOSING and not p.close_transport
-    # Data after our close is discarded, pings are not answered; the answer completes it.
-    assert p.receive_data(frame(1, b"ignored") + frame(9)) == [Ping(b"")]
+    # Messages the peer sent before seeing our close still arrive; pings aren't answered.
+    assert p.receive_data(frame(1, b"in flight") + frame(9)) == ["in flight", Ping(b"")]
     assert sent(p) == b""
     events = p.receive_data(frame(8, b"\x03\xe8"))
     assert Close(1000, "") in events
@@ -345,12 +345,13 @@ def test_we_close_first_then_peer_answers() -> None:
     assert p.state is State.CLOSED
 
 
-def test_fragmented_message_after_our_close_still_finds_the_answer() -> None:
+def test_fragmented_message_after_our_close_is_delivered_then_the_answer() -> None:
     p = server()
     p.send_close(1000)
     sent(p)
     events = p.receive_data(frame(1, b"a", fin=False) + frame(0, b"b") + frame(8, b"\x03\xe8"))
-    assert events == [Close(1000, "")]
+    assert events == ["ab"] and p.pending
+    assert p.receive_data(b"") == [Close(1000, "")]
 
 
 def test_send_after_close_raises_invalid_state() -> None:
