@@ -6,6 +6,7 @@ application.
 
 from __future__ import annotations
 
+from .client import connect
 from .connection import Connection
 from .exceptions import (
     ConnectionClosed,
@@ -44,6 +45,7 @@ __all__ = [
     "Request",
     "WebSocketError",
     "WebSocketServer",
+    "connect",
     "serve",
     "__version__",
 ]

@@ -152,6 +152,50 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error", "critical"],
         help="logging level (default info)",
     )
+    client = commands.add_parser(
+        "client",
+        help="interactive client: send lines typed or piped, print what arrives",
+        description="Connect to URL; each line read from standard input is sent as a "
+        "text message, each message received is printed after '< '. The exit status is "
+        "0 after a normal close, 1 otherwise.",
+    )
+    client.add_argument("url", help="ws:// or wss:// URL")
+    client.add_argument(
+        "--header",
+        dest="headers",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="extra request header (repeatable)",
+    )
+    client.add_argument(
+        "--subprotocol",
+        dest="subprotocols",
+        action="append",
+        metavar="NAME",
+        help="subprotocol to offer (repeatable)",
+    )
+    client.add_argument("--origin", help="Origin header to send")
+    client.add_argument(
+        "--binary",
+        action="store_true",
+        help="show received binary messages as hex (default: Python bytes literal)",
+    )
+    client.add_argument(
+        "--max-size",
+        type=_size,
+        default=2**20,
+        metavar="BYTES",
+        help="largest message accepted (default 1MiB)",
+    )
+    client.add_argument(
+        "--open-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time allowed to connect and complete the handshake (default 10)",
+    )
+    client.add_argument("--insecure", action="store_true", help="don't verify TLS certificates")
     return parser
 
 
@@ -217,9 +261,80 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> int:
+    import gevent
+    import gevent.fileobject
+
+    from .client import connect
+    from .exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+    headers = []
+    for header in args.headers:
+        name, sep, value = header.partition(":")
+        if not sep:
+            print(f"geventws: error: --header needs 'Name: value', got {header!r}", file=sys.stderr)
+            return 2
+        headers.append((name.strip(), value.strip()))
+    ssl_context = None
+    if args.insecure:
+        import ssl
+
+        ssl_context = ssl.create_default_context()
+        ssl_context.check_hostname = False
+        ssl_context.verify_mode = ssl.CERT_NONE
+    try:
+        connection = connect(
+            args.url,
+            headers=headers,
+            origin=args.origin,
+            subprotocols=args.subprotocols,
+            open_timeout=args.open_timeout,
+            max_size=args.max_size,
+            ssl=ssl_context,
+        )
+    except (InvalidHandshake, InvalidURI, OSError) as exc:
+        print(f"geventws: error: cannot connect to {args.url}: {exc}", file=sys.stderr)
+        return 1
+    out = sys.stdout
+    print(f"Connected to {args.url}.", file=sys.stderr)
+
+    def show(message: Any) -> None:
+        if isinstance(message, str):
+            out.write(f"< {message}\n")
+        elif args.binary:
+            out.write(f"< (binary) {message.hex()}\n")
+        else:
+            out.write(f"< (binary) {message!r}\n")
+        out.flush()
+
+    def pump_stdin() -> None:
+        stdin = gevent.fileobject.FileObject(sys.stdin.fileno(), "rb", close=False)
+        try:
+            for line in stdin:
+                connection.send(line.rstrip(b"\r\n").decode("utf-8", "replace"))
+        except ConnectionClosed:
+            return
+        connection.close()
+
+    sender = gevent.spawn(pump_stdin)
+    try:
+        for message in connection:
+            show(message)
+    except ConnectionClosed:
+        pass
+    finally:
+        sender.kill()
+        connection.close()
+    code, reason = connection.close_code, connection.close_reason
+    print(f"Connection closed: {code}{f' ({reason})' if reason else ''}.", file=sys.stderr)
+    return 0 if code in (1000, 1001, 1005) else 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``geventws`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "client":
+        return _client(args)
     return 2  # pragma: no cover - argparse refuses unknown commands

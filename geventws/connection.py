@@ -52,6 +52,7 @@ from .exceptions import (
 from .frames import CloseCode
 from .handshake import accept_response, reject_response, select_subprotocol
 from .headers import HeadersLike
+from .http11 import find_head_end
 from .protocol import Close, Ping, Pong, Protocol, Side, State
 from .request import Request
 
@@ -89,6 +90,21 @@ def close_socket(sock: Any, timeout: float, shutdown_first: bool = True) -> None
         pass
     finally:
         sock.close()
+
+
+def read_head(sock: Any, chunk: int = 16384) -> Optional[tuple[bytes, bytes]]:
+    """Read an HTTP head from ``sock``: ``(head, bytes read past it)``, or ``None`` if
+    the peer closed first. Raises :class:`~geventws.InvalidRequest` (400/431) as soon as
+    the head proves too large; the caller sets the deadline."""
+    buffer = bytearray()
+    while True:
+        data = sock.recv(chunk)
+        if not data:
+            return None
+        buffer += data
+        end = find_head_end(buffer)
+        if end >= 0:
+            return bytes(buffer[:end]), bytes(buffer[end:])
 
 
 class Connection:
@@ -375,11 +391,13 @@ class Connection:
             for result, _ in self._pings.values():
                 result.set_exception(error)
             self._pings.clear()
+        # The server closes TCP first (RFC 6455 §7.1.1); a client waits for it, unless
+        # it failed the connection itself and owes the server nothing more.
         self._closer = gevent.spawn(
             close_socket,
             self._sock,
             0 if protocol.eof_rcvd else self.close_timeout,
-            self.side is Side.SERVER,
+            self.side is Side.SERVER or protocol.error is not None,
         )
 
     # -- receiving ------------------------------------------------------------------
@@ -568,7 +586,7 @@ class Connection:
                 if protocol.output_pending:
                     self._flush()
                 # Read until the peer answers and the protocol says the link is over;
-                # received data is discarded by the protocol from now on.
+                # messages the peer sent meanwhile are still queued for receive().
                 while not self._done:
                     self._wakeup.clear()
                     if self._reading:

@@ -19,11 +19,11 @@ import gevent.ssl
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from .connection import Connection, _format_address, close_socket
+from .connection import Connection, _format_address, close_socket, read_head
 from .exceptions import ConnectionClosed, InvalidRequest
 from .frames import CloseCode
 from .handshake import check_request, reject_response
-from .http11 import find_head_end, parse_request
+from .http11 import parse_request
 from .protocol import Side
 from .request import Request
 
@@ -156,23 +156,18 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         The TLS handshake, if any, and the request must both arrive within
         ``handshake_timeout``.
         """
-        buffer = bytearray()
         connection: Optional[Connection] = None
         timeout = gevent.Timeout(self.handshake_timeout)
         timeout.start()
         try:
             if self.ssl_context is not None:
                 sock = gevent.ssl.SSLSocket(sock=sock, server_side=True, _context=self.ssl_context)
-            while True:
-                data = sock.recv(16384)
-                if not data:
-                    return None
-                buffer += data
-                end = find_head_end(buffer)
-                if end >= 0:
-                    break
+            received = read_head(sock)
+            if received is None:
+                return None
             timeout.close()
-            head = parse_request(bytes(buffer[:end]))
+            raw_head, leftover = received
+            head = parse_request(raw_head)
             request = Request(head.method, head.target, head.headers, address)
             key = check_request(head)
             if self.origins is not None and request.origin not in self.origins:
@@ -187,7 +182,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
                 close_timeout=self.close_timeout,
                 logger=logger,
             )
-            connection._prepare(key, bytes(buffer[end:]), self.subprotocols)
+            connection._prepare(key, leftover, self.subprotocols)
             return connection
         except gevent.Timeout as exc:
             if exc is not timeout:
