@@ -7,7 +7,7 @@ application.
 from __future__ import annotations
 
 from .client import connect
-from .connection import Connection
+from .connection import Connection, broadcast
 from .exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -45,6 +45,7 @@ __all__ = [
     "Request",
     "WebSocketError",
     "WebSocketServer",
+    "broadcast",
     "connect",
     "serve",
     "__version__",

@@ -80,6 +80,10 @@ def _size(text: str) -> Optional[int]:
     return int(value)
 
 
+def _seconds(text: str) -> Optional[float]:
+    return None if text.lower() in ("none", "off") else float(text)
+
+
 def _origin(text: str) -> Optional[str]:
     return None if text.lower() == "none" else text
 
@@ -143,6 +147,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="time allowed for the closing handshake and for a graceful stop (default 10)",
+    )
+    serve.add_argument(
+        "--ping-interval",
+        type=_seconds,
+        default=20.0,
+        metavar="SECONDS",
+        help="keepalive ping interval, or none (default 20)",
+    )
+    serve.add_argument(
+        "--ping-timeout",
+        type=_seconds,
+        default=20.0,
+        metavar="SECONDS",
+        help="close with 1011 when a keepalive pong takes longer, or none (default 20)",
+    )
+    serve.add_argument(
+        "--send-timeout",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="close with 1008 a client that doesn't read for this long (default none)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        default=None,
+        metavar="N",
+        help="connections served at once; beyond it HTTP 503 (default no limit)",
     )
     serve.add_argument("--certfile", help="TLS certificate (PEM) to serve wss://")
     serve.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
@@ -235,6 +267,10 @@ def _serve(args: argparse.Namespace) -> int:
             max_queue=args.max_queue,
             handshake_timeout=args.handshake_timeout,
             close_timeout=args.close_timeout,
+            ping_interval=args.ping_interval,
+            ping_timeout=args.ping_timeout,
+            send_timeout=args.send_timeout,
+            max_connections=args.max_connections,
             ssl_context=ssl_context,
         )
         server.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket as _socket
 import ssl as _ssl
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import gevent
@@ -48,7 +48,10 @@ def connect(
     ssl: Optional[_ssl.SSLContext] = None,
     server_hostname: Optional[str] = None,
     max_size: Optional[int] = 2**20,
-    max_queue: int = 16,
+    max_queue: Union[int, tuple[int, int]] = 16,
+    ping_interval: Optional[float] = 20.0,
+    ping_timeout: Optional[float] = 20.0,
+    send_timeout: Optional[float] = None,
     max_redirects: int = MAX_REDIRECTS,
     user_agent: Optional[str] = USER_AGENT,
 ) -> Connection:
@@ -63,7 +66,8 @@ def connect(
     ``max_redirects`` times.
 
     ``open_timeout`` bounds the whole opening: DNS, TCP, TLS, handshake and redirects.
-    ``close_timeout``, ``max_size`` and ``max_queue`` are as on the server.
+    ``close_timeout``, ``max_size``, ``max_queue``, ``ping_interval``, ``ping_timeout``
+    and ``send_timeout`` are as on the server.
 
     Raises :class:`~geventws.InvalidURI`; :class:`OSError` (including
     :class:`socket.gaierror` and :class:`ssl.SSLError`) for DNS, TCP and TLS failures;
@@ -92,6 +96,9 @@ def connect(
                     max_size=max_size,
                     max_queue=max_queue,
                     close_timeout=close_timeout,
+                    ping_interval=ping_interval,
+                    ping_timeout=ping_timeout,
+                    send_timeout=send_timeout,
                     logger=logger,
                 )
                 connection.subprotocol = subprotocol

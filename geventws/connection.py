@@ -37,7 +37,7 @@ import os
 import socket as _socket
 import time
 from collections import deque
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 
 import gevent
 from gevent.event import AsyncResult, Event
@@ -48,15 +48,16 @@ from .exceptions import (
     ConnectionClosedError,
     ConnectionClosedOK,
     InvalidState,
+    ProtocolError,
 )
 from .frames import CloseCode
 from .handshake import accept_response, reject_response, select_subprotocol
 from .headers import HeadersLike
 from .http11 import find_head_end
-from .protocol import Close, Ping, Pong, Protocol, Side, State
+from .protocol import Close, Ping, Pong, Protocol, Side, State, prepare_frame
 from .request import Request
 
-__all__ = ["Connection", "Data"]
+__all__ = ["Connection", "Data", "broadcast"]
 
 Data = Union[str, bytes]
 
@@ -70,6 +71,10 @@ _PENDING, _ACCEPTED, _REJECTED = "pending", "accepted", "rejected"
 
 class _ReadTimeout(Exception):
     """Internal: ``receive(timeout)`` ran out while reading inline."""
+
+
+class _SendTimeout(Exception):
+    """Internal: a write took longer than ``send_timeout``."""
 
 
 def close_socket(sock: Any, timeout: float, shutdown_first: bool = True) -> None:
@@ -127,8 +132,11 @@ class Connection:
         request: Optional[Request] = None,
         remote_address: Optional[tuple[Any, ...]] = None,
         max_size: Optional[int] = 2**20,
-        max_queue: int = 16,
+        max_queue: Union[int, tuple[int, int]] = 16,
         close_timeout: float = 10.0,
+        ping_interval: Optional[float] = None,
+        ping_timeout: Optional[float] = None,
+        send_timeout: Optional[float] = None,
         logger: Optional[logging.Logger] = None,
     ) -> None:
         self._sock = sock
@@ -142,8 +150,14 @@ class Connection:
         #: The response headers of the handshake (client side).
         self.response_headers: Optional[Any] = None
         self.max_size = max_size
-        self.max_queue = max(1, max_queue)
+        high, low = (max_queue, None) if isinstance(max_queue, int) else max_queue
+        self.max_queue = max(1, high)
+        #: Reading resumes once the queue is down to this many messages.
+        self.max_queue_low = max(0, min(self.max_queue - 1, low if low is not None else high // 4))
         self.close_timeout = close_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.send_timeout = send_timeout
         self.logger = logger or logging.getLogger(f"geventws.{side.value}")
         self._protocol: Optional[Protocol] = None
         self._handshake = _PENDING
@@ -157,8 +171,16 @@ class Connection:
         self._reading = False  # some greenlet owns the read side (see the module doc)
         self._watcher: Any = None  # read watcher, armed while nobody reads
         self._ssl_pending = getattr(sock, "pending", None)
+        # A plain gevent socket wraps a non-blocking OS socket: a broadcast writes to it
+        # directly, never waiting (TLS sockets go through gevent's wrapper instead).
+        raw = getattr(sock, "_sock", None) if self._ssl_pending is None else None
+        self._send_nowait = raw.send if raw is not None and raw.gettimeout() == 0.0 else None
         self._closer: Optional[Any] = None
         self._done = False
+        # Keepalive: a periodic timer and a deadline timer, no greenlet while idle.
+        self._ka_timer: Any = None
+        self._ka_deadline: Any = None
+        self._ka_waiting = False
         self._pings: dict[bytes, tuple[AsyncResult, float]] = {}
         # Sending: frames wait in the protocol's output queue; ``_unflushed`` counts
         # roughly how many bytes, to flush at once past the high-water mark.
@@ -248,6 +270,9 @@ class Connection:
         self._protocol = protocol
         self._handshake = _ACCEPTED
         self._watcher = self._loop.io(self._sock.fileno(), 1)
+        if self.ping_interval:
+            self._ka_timer = self._loop.timer(self.ping_interval, self.ping_interval)
+            self._ka_timer.start(self._keepalive_tick)
         if leftover:
             self._reading = True
             try:
@@ -383,8 +408,7 @@ class Connection:
                 protocol.error,
                 protocol.error.code,
             )
-        if self._watcher is not None:
-            self._watcher.stop()
+        self._stop_watchers()
         self._wakeup.set()
         if self._pings:
             error = self._closed_error()
@@ -425,7 +449,7 @@ class Connection:
             elif not self._wakeup.wait(timeout):
                 raise TimeoutError(f"no message received within {timeout} seconds")
         message = messages.popleft()
-        if not self._reading and len(messages) <= self.max_queue >> 2 and not self._watcher.active:
+        if not self._reading and len(messages) <= self.max_queue_low and not self._watcher.active:
             self._arm()  # resume reading after a pause
         return message
 
@@ -481,6 +505,50 @@ class Connection:
             self._flush()
         elif self._flush_cb is None:
             self._flush_cb = self._loop.run_callback(self._flush_soon)
+
+    def _send_prepared(self, frame: bytes, limit: int) -> bool:
+        """Queue a frame framed once for many connections (see :func:`broadcast`)
+        without ever blocking the caller. Returns False (frame skipped) when the
+        connection is closed or already has ``limit`` bytes or more waiting."""
+        protocol = self._protocol
+        if protocol is None or self._done or protocol.state is not State.OPEN:
+            return False
+        if self._unflushed >= limit or self._write_lock.locked():
+            if self._unflushed >= limit:
+                return False
+            protocol.send_frame(frame)
+            self._unflushed += len(frame)
+        elif not protocol.output_pending:
+            # Nothing queued before it: try the socket right away, without waiting.
+            try:
+                sent = self._send_nowait_or_zero(frame)
+            except OSError:
+                return False  # the reading side reports the lost connection
+            if sent == len(frame):
+                return True
+            protocol.send_frame(frame[sent:] if sent else frame)
+            self._unflushed += len(frame) - sent
+        else:
+            protocol.send_frame(frame)
+            self._unflushed += len(frame)
+        if self._flush_cb is None:
+            self._flush_cb = self._loop.run_callback(self._flush_soon)
+        return True
+
+    def _send_nowait_or_zero(self, data: bytes) -> int:
+        """Write what the socket takes right now; 0 if it would block."""
+        try:
+            if self._send_nowait is not None:
+                return int(self._send_nowait(data))
+            sock = self._sock
+            timeout = sock.timeout
+            sock.settimeout(0.0)
+            try:
+                return int(sock.send(data))
+            finally:
+                sock.settimeout(timeout)
+        except (BlockingIOError, InterruptedError):
+            return 0
 
     def ping(self, data: Union[str, bytes, None] = None) -> AsyncResult:
         """Send a ping; return an :class:`~gevent.event.AsyncResult` for its pong.
@@ -543,10 +611,12 @@ class Connection:
         protocol = self._protocol
         assert protocol is not None
         sendall = self._sock.sendall
+        failure: Optional[BaseException] = None
         with self._write_lock:
-            while protocol.output_pending:
+            while protocol.output_pending and failure is None:
                 chunks = protocol.data_to_send()
                 self._unflushed = 0
+                timer = gevent.Timeout._start_new_or_dummy(self.send_timeout, _SendTimeout)
                 try:
                     if len(chunks) == 1:
                         sendall(chunks[0])
@@ -555,13 +625,26 @@ class Connection:
                     else:
                         for chunk in chunks:
                             sendall(chunk)
-                except OSError as exc:
-                    protocol.data_to_send()  # drop the rest: the connection is gone
-                    try:  # wake the reader: it reports the lost connection
-                        self._sock.shutdown(_socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-                    raise ConnectionClosedError(1006, f"write failed: {exc}") from exc
+                except (OSError, _SendTimeout) as exc:
+                    failure = exc
+                finally:
+                    timer.close()
+        if failure is None:
+            return
+        protocol.data_to_send()  # drop the rest: the connection is gone
+        if isinstance(failure, _SendTimeout):
+            self.logger.info(
+                "send timeout: %s did not read for %ss",
+                _format_address(self.remote_address),
+                self.send_timeout,
+            )
+            self._fail(CloseCode.POLICY_VIOLATION, "send timed out", False)
+            raise ConnectionClosedError(CloseCode.POLICY_VIOLATION, "send timed out")
+        try:  # wake the reader: it reports the lost connection
+            self._sock.shutdown(_socket.SHUT_RDWR)
+        except OSError:
+            pass
+        raise ConnectionClosedError(1006, f"write failed: {failure}") from failure
 
     # -- closing --------------------------------------------------------------------
 
@@ -596,8 +679,18 @@ class Connection:
             except ConnectionClosed:
                 pass
         if not self._done:  # no answer in time
-            protocol.receive_eof()
-            self._finish()
+            if self._reading:
+                try:  # the greenlet reading gets end of file and finishes the connection
+                    self._sock.shutdown(_socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                with gevent.Timeout(self.close_timeout, False):
+                    while not self._done:
+                        self._wakeup.clear()
+                        self._wakeup.wait()
+            if not self._done:
+                protocol.receive_eof()
+                self._finish()
         self._wait_closer()
 
     def _wait_closer(self) -> None:
@@ -611,11 +704,80 @@ class Connection:
         """Make sure the socket is closed and no greenlet of ours is left (server's
         ``finally``)."""
         self._done = True
-        if self._watcher is not None:
-            self._watcher.stop()
-            self._watcher.close()
+        self._stop_watchers()
         self._wait_closer()
         self._sock.close()
+
+    def _stop_watchers(self) -> None:
+        for watcher in (self._watcher, self._ka_timer, self._ka_deadline):
+            if watcher is not None:
+                watcher.stop()
+
+    # -- keepalive and forced closes ------------------------------------------------------
+
+    def _keepalive_tick(self) -> None:
+        # Runs in the hub every ping_interval.
+        if self._done:
+            self._ka_timer.stop()
+        elif not self._ka_waiting:
+            self._ka_waiting = True
+            gevent.spawn_raw(self._keepalive_ping)
+
+    def _keepalive_ping(self) -> None:
+        try:
+            result = self.ping()
+        except (ConnectionClosed, InvalidState):
+            self._ka_waiting = False
+            return
+        result.rawlink(self._keepalive_pong)
+        if self.ping_timeout:
+            if self._ka_deadline is None:
+                self._ka_deadline = self._loop.timer(self.ping_timeout)
+            self._ka_deadline.start(self._keepalive_expired)
+
+    def _keepalive_pong(self, result: Any) -> None:
+        self._ka_waiting = False
+        if self._ka_deadline is not None:
+            self._ka_deadline.stop()
+
+    def _keepalive_expired(self) -> None:
+        # Runs in the hub when no pong came within ping_timeout.
+        if self._done or not self._ka_waiting:
+            return
+        if len(self._messages) >= self.max_queue and not self._reading:
+            # Paused by back-pressure: the pong may be waiting in the socket, unread.
+            self._ka_deadline.start(self._keepalive_expired)
+            return
+        self.logger.info(
+            "keepalive ping timeout: %s (no pong within %ss)",
+            _format_address(self.remote_address),
+            self.ping_timeout,
+        )
+        gevent.spawn_raw(self._fail, CloseCode.INTERNAL_ERROR, "keepalive ping timeout", True)
+
+    def _fail(self, code: int, reason: str, send_close: bool) -> None:
+        """End the connection from our side without waiting for the peer: record
+        ``code`` as the close code, try to send the close frame (briefly) if
+        ``send_close``, and close the transport."""
+        protocol = self._protocol
+        if protocol is None or self._done:
+            return
+        protocol.fail(ProtocolError(reason, code))
+        if send_close and not self._write_lock.locked():
+            try:
+                with gevent.Timeout(min(1.0, self.close_timeout), False):
+                    self._flush()
+            except ConnectionClosed:
+                pass
+        protocol.data_to_send()
+        if self._reading:
+            try:  # the greenlet reading gets end of file and finishes the connection
+                self._sock.shutdown(_socket.SHUT_RDWR)
+            except OSError:
+                pass
+        else:
+            protocol.receive_eof()
+            self._finish()
 
     def __enter__(self) -> Connection:
         return self
@@ -679,6 +841,47 @@ class Connection:
     def __repr__(self) -> str:
         state = self._handshake if self._protocol is None else self._protocol.state.name
         return f"<Connection {self.side.value} {_format_address(self.remote_address)} {state}>"
+
+
+def broadcast(
+    connections: Iterable[Connection],
+    message: Union[str, bytes],
+    binary: bool = False,
+    *,
+    limit: int = _WRITE_HIGH_WATER,
+) -> int:
+    """Send ``message`` to every open connection in ``connections``; return how many
+    it was queued to.
+
+    The frame is built once and written to each socket without waiting: a connection
+    whose socket is full keeps the rest of the frame queued and written in the
+    background, and a connection that already has ``limit`` bytes (64 KiB by default)
+    waiting is a slow consumer and is *skipped* for this message. Never raises for a
+    connection's failure (errors are logged at DEBUG on ``geventws.server``) and never
+    blocks on a slow client. Server-side connections share the frame; client-side ones
+    are framed (masked) each.
+    """
+    data = message.encode("utf-8") if isinstance(message, str) else bytes(message)
+    if not binary and not isinstance(message, str):
+        data.decode("utf-8")  # raises ValueError-compatible UnicodeDecodeError early
+    frame = prepare_frame(data, binary)
+    queued = 0
+    for connection in list(connections):
+        try:
+            if connection.side is Side.SERVER:
+                ok = connection._send_prepared(frame, limit)
+            elif connection.closed:
+                ok = False
+            else:
+                connection.send(data, binary=binary)
+                ok = True
+        except Exception as exc:  # one bad connection must not stop the broadcast
+            logging.getLogger("geventws.server").debug(
+                "broadcast to %r failed: %s", connection, exc
+            )
+            ok = False
+        queued += ok
+    return queued
 
 
 def _format_address(address: Optional[tuple[Any, ...]]) -> str:

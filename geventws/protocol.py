@@ -56,6 +56,7 @@ __all__ = [
     "Close",
     "Event",
     "Protocol",
+    "prepare_frame",
 ]
 
 _UNPACK_H = struct.Struct("!H").unpack_from
@@ -417,6 +418,15 @@ class Protocol:
         else:
             self._queue_frame(Opcode.BINARY, data)
 
+    def send_frame(self, frame: bytes) -> None:
+        """Queue a complete data frame prepared by :func:`prepare_frame` (a broadcast
+        frames its message once for many connections). Server side only: client frames
+        must be masked each with a fresh key. Raises :class:`InvalidState` once closing."""
+        if self._client:
+            raise InvalidState("client frames are masked per frame: use send_text/send_binary")
+        self._check_open()
+        self._output.append(frame)
+
     def send_ping(self, data: bytes) -> None:
         """Queue a ping (at most 125 bytes). Raises :class:`InvalidState` once closing."""
         if len(data) > MAX_CONTROL_PAYLOAD:
@@ -474,6 +484,13 @@ class Protocol:
         """True once the TCP connection should be closed: the closing handshake is over,
         the connection failed, or the transport ended."""
         return self.state is State.CLOSED
+
+
+def prepare_frame(data: bytes, binary: bool) -> bytes:
+    """A whole unmasked (server) text or binary frame for ``data``, for
+    :meth:`Protocol.send_frame`. Text must already be valid UTF-8."""
+    opcode = Opcode.BINARY if binary else Opcode.TEXT
+    return frame_header(_FIN | opcode, len(data)) + data
 
 
 def _has_message(events: list[Event]) -> bool:

@@ -56,11 +56,22 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         closes with 1009. ``None`` disables the limit.
     ``max_queue``
         How many received messages may wait for the handler before geventws stops
-        reading the socket (default 16).
+        reading the socket (default 16); reading resumes at a quarter of it, or give
+        ``(high, low)``.
     ``handshake_timeout``
         Seconds a client has to send its complete upgrade request (default 10).
     ``close_timeout``
         Seconds to wait for the closing handshake and for writes during it (default 10).
+    ``ping_interval``, ``ping_timeout``
+        Keepalive: send a ping every ``ping_interval`` seconds (default 20); a peer that
+        doesn't answer within ``ping_timeout`` (default 20) is closed with 1011.
+        ``None`` turns either off.
+    ``send_timeout``
+        Seconds a write may wait for a client that doesn't read before the connection
+        is closed with 1008 (default ``None``: ``send()`` waits as long as it takes).
+    ``max_connections``
+        Connections served at once (handshakes included); beyond it new clients get
+        HTTP 503 with ``Retry-After`` (default ``None``: no limit).
     ``ssl_context``
         An :class:`ssl.SSLContext` to serve ``wss://``.
 
@@ -76,9 +87,13 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         origins: Optional[Iterable[Optional[str]]] = None,
         subprotocols: Optional[Iterable[str]] = None,
         max_size: Optional[int] = DEFAULT_MAX_SIZE,
-        max_queue: int = 16,
+        max_queue: Union[int, tuple[int, int]] = 16,
         handshake_timeout: float = 10.0,
         close_timeout: float = 10.0,
+        ping_interval: Optional[float] = 20.0,
+        ping_timeout: Optional[float] = 20.0,
+        send_timeout: Optional[float] = None,
+        max_connections: Optional[int] = None,
         ssl_context: Any = None,
         backlog: Optional[int] = None,
     ) -> None:
@@ -93,6 +108,10 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         self.max_queue = max_queue
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.send_timeout = send_timeout
+        self.max_connections = max_connections
         # TLS is wrapped here rather than by StreamServer, so that a standard-library
         # context works without monkey-patching and the TLS handshake shares the deadline.
         self.ssl_context = ssl_context
@@ -129,6 +148,16 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         try:
             if sock.family in (_socket.AF_INET, _socket.AF_INET6):
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            if self.max_connections is not None and len(self.pool) > self.max_connections:
+                logger.warning(
+                    "too many connections (%d): refusing %s with 503",
+                    self.max_connections,
+                    _format_address(address),
+                )
+                self._refuse(
+                    sock, 503, "Too many connections, retry later\n", [("Retry-After", "5")], 1.0
+                )
+                return
             connection = self._handshake(sock, address)
             if connection is not None:
                 self._run_handler(connection)
@@ -180,6 +209,9 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
                 max_size=self.max_size,
                 max_queue=self.max_queue,
                 close_timeout=self.close_timeout,
+                ping_interval=self.ping_interval,
+                ping_timeout=self.ping_timeout,
+                send_timeout=self.send_timeout,
                 logger=logger,
             )
             connection._prepare(key, leftover, self.subprotocols)
@@ -206,13 +238,16 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             if connection is None:
                 sock.close()
 
-    def _refuse(self, sock: Any, status: int, body: str, headers: Any) -> None:
+    def _refuse(
+        self, sock: Any, status: int, body: str, headers: Any, timeout: Optional[float] = None
+    ) -> None:
+        timeout = self.close_timeout if timeout is None else timeout
         try:
-            with gevent.Timeout(self.close_timeout, False):
+            with gevent.Timeout(timeout, False):
                 sock.sendall(reject_response(status, body, headers))
         except OSError:
             pass
-        close_socket(sock, self.close_timeout)
+        close_socket(sock, timeout)
 
     def _run_handler(self, connection: Connection) -> None:
         request = connection.request

@@ -68,7 +68,44 @@ function idle(url, connections, hold) {
   for (let i = 0; i < 200; i++) openOne();
 }
 
+// node loadgen.js broadcast URL CONNECTIONS MESSAGES
+//   opens CONNECTIONS clients, then asks the server (first client sends "go MESSAGES")
+//   to broadcast MESSAGES messages to all; prints {"deliveries": D, "seconds": S}, S
+//   from the request to the last delivery.
+function broadcastRun(url, connections, messages) {
+  let opened = 0, next = 0, delivered = 0, started = 0n;
+  const expected = connections * messages;
+  const sockets = [];
+  function finish(ok) {
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    console.log(JSON.stringify({ deliveries: delivered, seconds, complete: ok }));
+    for (const s of sockets) s.terminate();
+    process.exit(0);
+  }
+  function openOne() {
+    if (next >= connections) return;
+    next++;
+    const ws = new WebSocket(url, { perMessageDeflate: false });
+    sockets.push(ws);
+    ws.on('message', () => { delivered++; if (delivered === expected) finish(true); });
+    ws.on('error', (e) => { console.error(String(e)); });
+    ws.on('open', () => {
+      opened++;
+      if (opened === connections) {
+        console.log('open');
+        setTimeout(() => {
+          started = process.hrtime.bigint();
+          sockets[0].send(`go ${messages}`);
+          setTimeout(() => finish(false), 120000);
+        }, 1000);
+      } else openOne();
+    });
+  }
+  for (let i = 0; i < 200; i++) openOne();
+}
+
 const [cmd, ...args] = process.argv.slice(2);
 if (cmd === 'echo') echo(args[0], +args[1], +args[2], +args[3], +args[4], args[5]);
 else if (cmd === 'idle') idle(args[0], +args[1], +args[2]);
+else if (cmd === 'broadcast') broadcastRun(args[0], +args[1], +args[2]);
 else { console.error('usage: loadgen.js echo|idle ...'); process.exit(2); }

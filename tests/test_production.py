@@ -1,0 +1,226 @@
+"""Production behaviour: keepalive, send timeouts, connection limits, slow clients,
+broadcast, and leaks after thousands of connections."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import queue
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+import gevent
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+import geventws
+from geventws import Connection, ConnectionClosedError, Request
+from geventws.examples.echo import handle as echo
+
+from .test_client import FuzzServer
+from .utils import RawClient, client_frame, wait_for
+
+
+def test_keepalive_closes_dead_peer_with_1011(serve: Any, caplog: Any) -> None:
+    results: queue.Queue[Any] = queue.Queue()
+
+    def handler(connection: Connection, request: Request) -> None:
+        try:
+            connection.receive()
+        except ConnectionClosedError as exc:
+            results.put((exc.code, exc.reason))
+
+    server = serve(handler, ping_interval=0.1, ping_timeout=0.2)
+    with caplog.at_level(logging.INFO, logger="geventws.server"):
+        client = RawClient(server.port)  # completes the handshake, then plays dead
+        try:
+            assert results.get(timeout=10) == (1011, "keepalive ping timeout")
+        finally:
+            client.close()
+    assert any("keepalive ping timeout" in r.message for r in caplog.records)
+
+
+def test_keepalive_keeps_a_live_peer(serve: Any) -> None:
+    results: queue.Queue[Any] = queue.Queue()
+
+    def handler(connection: Connection, request: Request) -> None:
+        results.put(connection.receive(timeout=10))
+
+    server = serve(handler, ping_interval=0.05, ping_timeout=0.5)
+    with connect(server.url) as ws:  # websockets answers pings by itself
+        time.sleep(0.5)  # ten keepalive rounds
+        ws.send("still here")
+        assert results.get(timeout=10) == "still here"
+
+
+def test_client_keepalive_detects_dead_server() -> None:
+    server = FuzzServer()  # answers the handshake, then never answers pings
+    ws = geventws.connect(
+        f"ws://127.0.0.1:{server.port}/", ping_interval=0.1, ping_timeout=0.2, close_timeout=0.5
+    )
+    with pytest.raises(ConnectionClosedError) as info:
+        ws.receive(timeout=10)
+    assert info.value.code == 1011
+    ws.close()
+
+
+def test_send_timeout_closes_a_client_that_does_not_read(serve: Any) -> None:
+    results: queue.Queue[Any] = queue.Queue()
+
+    def handler(connection: Connection, request: Request) -> None:
+        sent = 0
+        try:
+            while True:
+                connection.send(b"x" * 65536, binary=True)  # blocks once the socket is full
+                sent += 1
+        except ConnectionClosedError as exc:
+            results.put((exc.code, sent, connection.close_code))
+
+    server = serve(handler, send_timeout=0.3)
+    client = RawClient(server.port)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        code, sent, close_code = results.get(timeout=20)
+    finally:
+        client.close()
+    assert code == 1008 and close_code == 1008
+    assert sent < 1000  # it blocked long before 64 MiB
+
+
+def test_max_connections_answers_503_and_stays_responsive(serve: Any) -> None:
+    server = serve(echo, max_connections=2)
+    with connect(server.url) as first, connect(server.url):
+        with pytest.raises(InvalidStatus) as info:
+            connect(server.url)
+        assert info.value.response.status_code == 503
+        assert info.value.response.headers["Retry-After"] == "5"
+        first.send("served")
+        assert first.recv(timeout=5) == "served"
+    assert wait_for(lambda: server.server is not None and len(server.server.pool) == 0, 15)
+    with connect(server.url) as again:
+        again.send("x")
+        assert again.recv(timeout=5) == "x"
+
+
+def test_slowloris_is_dropped(serve: Any) -> None:
+    server = serve(echo, handshake_timeout=0.5)
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n" * 20
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        dropped = False
+        for byte in request:  # one byte every 50 ms: 50 s for the whole head
+            try:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.05)
+                sock.setblocking(False)
+                try:
+                    if sock.recv(1) == b"":
+                        dropped = True
+                        break
+                except BlockingIOError:
+                    pass
+                finally:
+                    sock.setblocking(True)
+            except (BrokenPipeError, ConnectionResetError):
+                dropped = True
+                break
+        assert dropped
+
+
+def test_max_queue_high_and_low_water(serve: Any) -> None:
+    seen: queue.Queue[Any] = queue.Queue()
+
+    def handler(connection: Connection, request: Request) -> None:
+        seen.put((connection.max_queue, connection.max_queue_low))
+
+    server = serve(handler, max_queue=(8, 2))
+    with connect(server.url):
+        assert seen.get(timeout=5) == (8, 2)
+
+
+def test_broadcast_reaches_everyone_and_skips_slow_clients(serve: Any) -> None:
+    rounds = 150  # 9 MB per client: more than any socket buffer holds for the slow one
+    results: queue.Queue[Any] = queue.Queue()
+    server = serve(echo)
+    clients = [RawClient(server.port) for _ in range(10)]
+    slow = RawClient(server.port)
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    assert wait_for(lambda: server.server is not None and len(server.server.connections) == 11)
+    received: queue.Queue[int] = queue.Queue()
+
+    def read_all(client: RawClient) -> None:
+        count = 0
+        for _ in range(rounds):
+            _, opcode, payload = client.read_frame()
+            assert (opcode, len(payload)) == (1, 60000)
+            count += 1
+        received.put(count)
+
+    readers = [threading.Thread(target=read_all, args=(c,), daemon=True) for c in clients]
+    for reader in readers:
+        reader.start()
+
+    def push() -> None:
+        connections = server.server.connections  # type: ignore[union-attr]
+        counts = []
+        for _ in range(rounds):
+            counts.append(geventws.broadcast(connections, "x" * 60000))
+            gevent.sleep(0.001)  # a ticker: other greenlets (the flushes) run in between
+        results.put(counts)
+
+    server.call(push)
+    counts = results.get(timeout=60)
+    assert counts[0] == 11
+    assert counts[-1] == 10  # the slow client was skipped, the others were not held up
+    assert [received.get(timeout=60) for _ in clients] == [rounds] * len(clients)
+    for client in clients:
+        client.send(client_frame(8, struct.pack("!H", 1000)))
+        client.read_until_close()
+        client.close()
+    slow.close()
+
+
+def test_broadcast_never_raises() -> None:
+    class Broken:
+        side = geventws.protocol.Side.SERVER
+
+        def _send_prepared(self, frame: bytes, limit: int) -> bool:
+            raise RuntimeError("boom")
+
+    assert geventws.broadcast([Broken()], "x") == 0  # type: ignore[list-item]
+
+
+def test_thousands_of_connections_leave_nothing_behind(serve: Any) -> None:
+    counts: queue.Queue[int] = queue.Queue()
+    server = serve(echo)
+    for i in range(1500):
+        client = RawClient(server.port)
+        client.send(client_frame(2, b"ping %d" % i))
+        if i % 3 == 0:  # clean close
+            assert client.read_frame()[2] == b"ping %d" % i
+            client.send(client_frame(8, struct.pack("!H", 1000)))
+            client.read_until_close()
+        elif i % 3 == 1:  # abrupt: no close frame
+            assert client.read_frame()[2] == b"ping %d" % i
+        else:  # abrupt, in the middle of a frame
+            client.send(client_frame(2, b"y" * 1000)[:50])
+        client.close()
+    assert wait_for(
+        lambda: (
+            server.server is not None
+            and not server.server.connections
+            and len(server.server.pool) == 0
+        ),
+        30,
+    )
+
+    def count() -> None:
+        gc.collect()
+        counts.put(sum(1 for o in gc.get_objects() if type(o) is Connection))
+
+    server.call(count)
+    assert counts.get(timeout=10) == 0
+    # The fixture then checks file descriptors and greenlets.
