@@ -88,6 +88,17 @@ def _origin(text: str) -> Optional[str]:
     return None if text.lower() == "none" else text
 
 
+def _add_max_size(parser: argparse.ArgumentParser) -> None:
+    """``--max-size``: one definition for every command that takes it."""
+    parser.add_argument(
+        "--max-size",
+        type=_size,
+        default=2**20,
+        metavar="BYTES",
+        help="largest message accepted, e.g. 1048576, 16MiB or none (default 1MiB)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; each option has the name of the matching keyword argument."""
     parser = argparse.ArgumentParser(
@@ -120,13 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="supported subprotocol, in order of preference (repeatable)",
     )
-    serve.add_argument(
-        "--max-size",
-        type=_size,
-        default=2**20,
-        metavar="BYTES",
-        help="largest message accepted, e.g. 1048576, 16MiB or none (default 1MiB)",
-    )
+    _add_max_size(serve)
     serve.add_argument(
         "--max-queue",
         type=int,
@@ -213,13 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show received binary messages as hex (default: Python bytes literal)",
     )
-    client.add_argument(
-        "--max-size",
-        type=_size,
-        default=2**20,
-        metavar="BYTES",
-        help="largest message accepted (default 1MiB)",
-    )
+    _add_max_size(client)
     client.add_argument(
         "--open-timeout",
         type=float,

@@ -271,7 +271,7 @@ class Connection:
         self._handshake = _ACCEPTED
         self._watcher = self._loop.io(self._sock.fileno(), 1)
         if self.ping_interval:
-            self._ka_timer = self._loop.timer(self.ping_interval, self.ping_interval)
+            self._ka_timer = self._loop.timer(self.ping_interval, self.ping_interval, ref=False)
             self._ka_timer.start(self._keepalive_tick)
         if leftover:
             self._reading = True
@@ -732,7 +732,7 @@ class Connection:
         result.rawlink(self._keepalive_pong)
         if self.ping_timeout:
             if self._ka_deadline is None:
-                self._ka_deadline = self._loop.timer(self.ping_timeout)
+                self._ka_deadline = self._loop.timer(self.ping_timeout, ref=False)
             self._ka_deadline.start(self._keepalive_expired)
 
     def _keepalive_pong(self, result: Any) -> None:

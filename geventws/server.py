@@ -154,6 +154,14 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
                     self.max_connections,
                     _format_address(address),
                 )
+                # Read the request first (briefly): answering before it arrived lets the
+                # client's request hit a closing socket, which resets the connection and
+                # loses the 503.
+                try:
+                    with gevent.Timeout(1.0, False):
+                        read_head(sock)
+                except (OSError, InvalidRequest):
+                    pass
                 self._refuse(
                     sock, 503, "Too many connections, retry later\n", [("Retry-After", "5")], 1.0
                 )
