@@ -402,21 +402,19 @@ class Protocol:
 
         Raises :class:`InvalidState` once the closing handshake started.
         """
-        if self.close_sent is not None or self.state is not State.OPEN:
-            self._check_open()
-        if len(data) < 126 and not self._client:
-            self._output.append(_TEXT_HEADERS[len(data)] + data)
-        else:
-            self._queue_frame(Opcode.TEXT, data)
+        self._send_data(Opcode.TEXT, _TEXT_HEADERS, data)
 
     def send_binary(self, data: bytes) -> None:
         """Queue a binary message. Raises :class:`InvalidState` once closing."""
+        self._send_data(Opcode.BINARY, _BINARY_HEADERS, data)
+
+    def _send_data(self, opcode: int, small_headers: list[bytes], data: bytes) -> None:
         if self.close_sent is not None or self.state is not State.OPEN:
             self._check_open()
         if len(data) < 126 and not self._client:
-            self._output.append(_BINARY_HEADERS[len(data)] + data)
+            self._output.append(small_headers[len(data)] + data)  # the hot path
         else:
-            self._queue_frame(Opcode.BINARY, data)
+            self._queue_frame(opcode, data)
 
     def send_frame(self, frame: bytes) -> None:
         """Queue a complete data frame prepared by :func:`prepare_frame` (a broadcast
