@@ -19,15 +19,18 @@ buffers fill up and TCP pushes back on the client. Reading resumes when the hand
 taken the queue down to a quarter.
 
 Writing. :meth:`Connection.send` frames the message into the protocol's output queue,
-which is written with one ``sendall`` when the calling greenlet next blocks (in
+which is written in one go when the calling greenlet next blocks (in
 :meth:`~Connection.receive`, or anywhere else through a hub callback), or at once past
 64 KiB, so ``send()`` still blocks while the socket can't take more. A write lock keeps
 frames whole when several greenlets send at once.
 
 Closing. When the protocol says the transport should close (closing handshake done,
 protocol error, end of file), the connection is marked done at once (receivers wake up)
-and a closer greenlet shuts the sending side down, waits at most ``close_timeout`` for
-the peer to close its side, and closes the socket.
+and a closer greenlet closes the socket: the server shuts its sending side down first
+(RFC 6455 §7.1.1), then it waits at most ``close_timeout`` for the peer to close its side.
+Closing from a greenlet that isn't the one reading (``close()`` timing out, keepalive,
+``send_timeout``) shuts the socket down both ways, so that the reading greenlet gets end
+of file and finishes the connection itself.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from .frames import CloseCode
 from .handshake import accept_response, reject_response, select_subprotocol
 from .headers import HeadersLike
 from .http11 import find_head_end
-from .protocol import Close, Ping, Pong, Protocol, Side, State, prepare_frame
+from .protocol import Pong, Protocol, Side, State, prepare_frame
 from .request import Request
 
 __all__ = ["Connection", "Data", "broadcast"]
@@ -95,6 +98,23 @@ def close_socket(sock: Any, timeout: float, shutdown_first: bool = True) -> None
         pass
     finally:
         sock.close()
+
+
+def refuse(
+    sock: Any,
+    status: int,
+    body: Union[str, bytes],
+    headers: Optional[HeadersLike],
+    timeout: float,
+) -> None:
+    """Answer an HTTP error (``reject_response``) and close ``sock`` gracefully, all
+    within about ``timeout`` seconds each. Never raises."""
+    try:
+        with gevent.Timeout(timeout, False):
+            sock.sendall(reject_response(status, body, headers))
+    except OSError:
+        pass
+    close_socket(sock, timeout)
 
 
 def read_head(sock: Any, chunk: int = 16384) -> Optional[tuple[bytes, bytes]]:
@@ -169,10 +189,11 @@ class Connection:
         self._messages: deque[Data] = deque()
         self._wakeup = Event()  # set when messages arrive, a helper exits, or done
         self._reading = False  # some greenlet owns the read side (see the module doc)
+        self._paused = False  # max_queue messages wait: nobody reads until the handler catches up
         self._watcher: Any = None  # read watcher, armed while nobody reads
         self._ssl_pending = getattr(sock, "pending", None)
-        # A plain gevent socket wraps a non-blocking OS socket: a broadcast writes to it
-        # directly, never waiting (TLS sockets go through gevent's wrapper instead).
+        # A plain gevent socket wraps a non-blocking OS socket: writes try it directly
+        # first (TLS sockets always go through gevent's wrapper).
         raw = getattr(sock, "_sock", None) if self._ssl_pending is None else None
         self._send_nowait = raw.send if raw is not None and raw.gettimeout() == 0.0 else None
         self._closer: Optional[Any] = None
@@ -258,12 +279,7 @@ class Connection:
                 self.request.target,
                 status,
             )
-        try:
-            with gevent.Timeout(self.close_timeout, False):
-                self._sock.sendall(reject_response(status, body, headers))
-        except OSError:
-            pass
-        close_socket(self._sock, self.close_timeout)
+        refuse(self._sock, status, body, headers, self.close_timeout)
 
     def _start(self, protocol: Protocol, leftover: bytes = b"") -> None:
         """Begin the open phase on ``protocol``; ``leftover`` are bytes already read."""
@@ -299,7 +315,8 @@ class Connection:
         if self._done or self._reading or protocol is None:
             return
         if len(self._messages) >= self.max_queue:
-            return  # paused: TCP pushes back until the handler catches up
+            self._paused = True  # TCP pushes back until the handler catches up
+            return
         if protocol.pending or (self._ssl_pending is not None and self._ssl_pending()):
             self._spawn_helper()  # input is already here, no readiness will be signalled
         elif not self._watcher.active:
@@ -316,11 +333,13 @@ class Connection:
         gevent.spawn_raw(self._helper)
 
     def _helper(self) -> None:
+        protocol = self._protocol
+        assert protocol is not None
         try:
-            self._read_some(None)
-            while self._protocol is not None and self._protocol.pending and not self._done:
+            self._read_some()
+            while protocol.pending and not self._done:
                 gevent.sleep(0)  # let the handler answer what came before the close
-                self._read_some(None)
+                self._read_some()
         except ConnectionClosed:
             pass
         finally:
@@ -335,17 +354,17 @@ class Connection:
         self._reading = True
         try:
             if timeout is None:
-                self._read_some(None)
+                self._read_some()
             else:
                 with gevent.Timeout(timeout, _ReadTimeout):
-                    self._read_some(timeout)
+                    self._read_some()
         except _ReadTimeout:
             raise TimeoutError(f"no message received within {timeout} seconds") from None
         finally:
             self._reading = False
         self._arm()
 
-    def _read_some(self, timeout: Optional[float]) -> None:
+    def _read_some(self) -> None:
         """One ``recv`` (or the rest of a pending batch), processed. Only the greenlet
         that set ``_reading`` calls this."""
         protocol = self._protocol
@@ -389,8 +408,8 @@ class Connection:
                 new = True
             elif kind is Pong:
                 self._pong_received(event.data)
-            elif kind is Close or kind is Ping:
-                pass
+            # Ping (already answered by the protocol) and Close (it sets the state)
+            # need nothing here.
         if new:
             self._wakeup.set()
 
@@ -449,8 +468,9 @@ class Connection:
             elif not self._wakeup.wait(timeout):
                 raise TimeoutError(f"no message received within {timeout} seconds")
         message = messages.popleft()
-        if not self._reading and len(messages) <= self.max_queue_low and not self._watcher.active:
-            self._arm()  # resume reading after a pause
+        if self._paused and len(messages) <= self.max_queue_low:
+            self._paused = False
+            self._arm()
         return message
 
     def __iter__(self) -> Iterator[Data]:
@@ -506,49 +526,65 @@ class Connection:
         elif self._flush_cb is None:
             self._flush_cb = self._loop.run_callback(self._flush_soon)
 
-    def _send_prepared(self, frame: bytes, limit: int) -> bool:
-        """Queue a frame framed once for many connections (see :func:`broadcast`)
-        without ever blocking the caller. Returns False (frame skipped) when the
-        connection is closed or already has ``limit`` bytes or more waiting."""
+    def _send_prepared(self, frame: bytes, data: bytes, binary: bool, limit: int) -> bool:
+        """Queue a broadcast message without ever blocking the caller (see
+        :func:`broadcast`): ``frame`` is the shared server frame, ``data`` the payload
+        (client frames are masked each). Returns False (message skipped) when the
+        connection is not open or already has ``limit`` bytes or more waiting."""
         protocol = self._protocol
-        if protocol is None or self._done or protocol.state is not State.OPEN:
+        if (
+            protocol is None
+            or self._done
+            or protocol.state is not State.OPEN
+            or self._unflushed >= limit
+        ):
             return False
-        if self._unflushed >= limit or self._write_lock.locked():
-            if self._unflushed >= limit:
-                return False
-            protocol.send_frame(frame)
-            self._unflushed += len(frame)
-        elif not protocol.output_pending:
-            # Nothing queued before it: try the socket right away, without waiting.
-            try:
-                sent = self._send_nowait_or_zero(frame)
-            except OSError:
-                return False  # the reading side reports the lost connection
-            if sent == len(frame):
-                return True
+        if self.side is Side.CLIENT:
+            if binary:
+                protocol.send_binary(data)
+            else:
+                protocol.send_text(data)
+            self._unflushed += len(data)
+        else:
+            sent = 0
+            if (
+                self._send_nowait is not None
+                and not protocol.output_pending
+                and not self._write_lock.locked()
+            ):
+                # Nothing is queued or being written before it: try the socket now.
+                try:
+                    sent = self._send_nowait_or_zero(frame)
+                except OSError:
+                    return False  # the reading side reports the lost connection
+                if sent == len(frame):
+                    return True
             protocol.send_frame(frame[sent:] if sent else frame)
             self._unflushed += len(frame) - sent
-        else:
-            protocol.send_frame(frame)
-            self._unflushed += len(frame)
-        if self._flush_cb is None:
+        if self._flush_cb is None:  # the rest is written in the background
             self._flush_cb = self._loop.run_callback(self._flush_soon)
         return True
 
     def _send_nowait_or_zero(self, data: bytes) -> int:
-        """Write what the socket takes right now; 0 if it would block."""
+        """Write what a plain socket takes right now; 0 if it would block."""
+        assert self._send_nowait is not None
         try:
-            if self._send_nowait is not None:
-                return int(self._send_nowait(data))
-            sock = self._sock
-            timeout = sock.timeout
-            sock.settimeout(0.0)
-            try:
-                return int(sock.send(data))
-            finally:
-                sock.settimeout(timeout)
+            return int(self._send_nowait(data))
         except (BlockingIOError, InterruptedError):
             return 0
+
+    def _sendall(self, data: bytes) -> None:
+        """Write all of ``data``, waiting as needed. On a plain socket one ``send``
+        usually takes it all, which skips gevent's ``sendall`` and the ``getsockopt``
+        call it makes every time; the rest, if any, goes through ``sendall``."""
+        if self._send_nowait is not None:
+            sent = self._send_nowait_or_zero(data)
+            if sent == len(data):
+                return
+            if sent:
+                self._sock.sendall(memoryview(data)[sent:])
+                return
+        self._sock.sendall(data)
 
     def ping(self, data: Union[str, bytes, None] = None) -> AsyncResult:
         """Send a ping; return an :class:`~gevent.event.AsyncResult` for its pong.
@@ -610,7 +646,7 @@ class Connection:
             self._flush_cb = None
         protocol = self._protocol
         assert protocol is not None
-        sendall = self._sock.sendall
+        sendall = self._sendall
         failure: Optional[BaseException] = None
         with self._write_lock:
             while protocol.output_pending and failure is None:
@@ -632,18 +668,10 @@ class Connection:
         if failure is None:
             return
         protocol.data_to_send()  # drop the rest: the connection is gone
-        if isinstance(failure, _SendTimeout):
-            self.logger.info(
-                "send timeout: %s did not read for %ss",
-                _format_address(self.remote_address),
-                self.send_timeout,
-            )
+        if isinstance(failure, _SendTimeout):  # ``_finish`` logs it, as for keepalive
             self._fail(CloseCode.POLICY_VIOLATION, "send timed out", False)
             raise ConnectionClosedError(CloseCode.POLICY_VIOLATION, "send timed out")
-        try:  # wake the reader: it reports the lost connection
-            self._sock.shutdown(_socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self._wake_reader()  # it reports the lost connection
         raise ConnectionClosedError(1006, f"write failed: {failure}") from failure
 
     # -- closing --------------------------------------------------------------------
@@ -679,19 +707,33 @@ class Connection:
             except ConnectionClosed:
                 pass
         if not self._done:  # no answer in time
-            if self._reading:
-                try:  # the greenlet reading gets end of file and finishes the connection
-                    self._sock.shutdown(_socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                with gevent.Timeout(self.close_timeout, False):
-                    while not self._done:
-                        self._wakeup.clear()
-                        self._wakeup.wait()
-            if not self._done:
+            self._end_transport()
+            with gevent.Timeout(self.close_timeout, False):
+                while not self._done:
+                    self._wakeup.clear()
+                    self._wakeup.wait()
+            if not self._done:  # the reading greenlet is stuck: give up on it
                 protocol.receive_eof()
                 self._finish()
         self._wait_closer()
+
+    def _wake_reader(self) -> None:
+        """Shut the socket down both ways: a greenlet blocked in ``recv`` gets end of
+        file and finishes the connection itself."""
+        try:
+            self._sock.shutdown(_socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _end_transport(self) -> None:
+        """End the connection now, from a greenlet that may not be the one reading."""
+        if self._reading:
+            self._wake_reader()
+        else:
+            protocol = self._protocol
+            assert protocol is not None
+            protocol.receive_eof()
+            self._finish()
 
     def _wait_closer(self) -> None:
         closer = self._closer
@@ -716,10 +758,8 @@ class Connection:
     # -- keepalive and forced closes ------------------------------------------------------
 
     def _keepalive_tick(self) -> None:
-        # Runs in the hub every ping_interval.
-        if self._done:
-            self._ka_timer.stop()
-        elif not self._ka_waiting:
+        # Runs in the hub every ping_interval (``_finish`` stops the timer).
+        if not self._ka_waiting:
             self._ka_waiting = True
             gevent.spawn_raw(self._keepalive_ping)
 
@@ -744,15 +784,11 @@ class Connection:
         # Runs in the hub when no pong came within ping_timeout.
         if self._done or not self._ka_waiting:
             return
-        if len(self._messages) >= self.max_queue and not self._reading:
+        if self._paused:
             # Paused by back-pressure: the pong may be waiting in the socket, unread.
             self._ka_deadline.start(self._keepalive_expired)
             return
-        self.logger.info(
-            "keepalive ping timeout: %s (no pong within %ss)",
-            _format_address(self.remote_address),
-            self.ping_timeout,
-        )
+        # ``_finish`` logs it: "closing ADDRESS: keepalive ping timeout (1011)".
         gevent.spawn_raw(self._fail, CloseCode.INTERNAL_ERROR, "keepalive ping timeout", True)
 
     def _fail(self, code: int, reason: str, send_close: bool) -> None:
@@ -770,14 +806,7 @@ class Connection:
             except ConnectionClosed:
                 pass
         protocol.data_to_send()
-        if self._reading:
-            try:  # the greenlet reading gets end of file and finishes the connection
-                self._sock.shutdown(_socket.SHUT_RDWR)
-            except OSError:
-                pass
-        else:
-            protocol.receive_eof()
-            self._finish()
+        self._end_transport()
 
     def __enter__(self) -> Connection:
         return self
@@ -853,34 +882,26 @@ def broadcast(
     """Send ``message`` to every open connection in ``connections``; return how many
     it was queued to.
 
-    The frame is built once and written to each socket without waiting: a connection
-    whose socket is full keeps the rest of the frame queued and written in the
-    background, and a connection that already has ``limit`` bytes (64 KiB by default)
-    waiting is a slow consumer and is *skipped* for this message. Never raises for a
-    connection's failure (errors are logged at DEBUG on ``geventws.server``) and never
-    blocks on a slow client. Server-side connections share the frame; client-side ones
-    are framed (masked) each.
+    The frame is built once (server side) and written to each plain socket right away
+    if it takes it; whatever a socket can't take now, and everything for TLS or
+    client-side connections, is written in the background. A connection that already
+    has ``limit`` bytes (64 KiB by default) waiting is a slow consumer and is *skipped*
+    for this message. Never blocks on a slow client and never raises for a
+    connection's failure (logged at DEBUG on ``geventws.server``). Raises
+    :class:`ValueError` for bytes sent as text that aren't valid UTF-8.
     """
     data = message.encode("utf-8") if isinstance(message, str) else bytes(message)
     if not binary and not isinstance(message, str):
-        data.decode("utf-8")  # raises ValueError-compatible UnicodeDecodeError early
+        data.decode("utf-8")  # UnicodeDecodeError is a ValueError
     frame = prepare_frame(data, binary)
     queued = 0
     for connection in list(connections):
         try:
-            if connection.side is Side.SERVER:
-                ok = connection._send_prepared(frame, limit)
-            elif connection.closed:
-                ok = False
-            else:
-                connection.send(data, binary=binary)
-                ok = True
+            queued += connection._send_prepared(frame, data, binary, limit)
         except Exception as exc:  # one bad connection must not stop the broadcast
             logging.getLogger("geventws.server").debug(
                 "broadcast to %r failed: %s", connection, exc
             )
-            ok = False
-        queued += ok
     return queued
 
 

@@ -39,6 +39,7 @@ from typing import Optional, Union
 
 from .exceptions import InvalidState, PayloadTooBig, ProtocolError
 from .frames import (
+    KNOWN_OPCODES,
     MAX_CONTROL_PAYLOAD,
     CloseCode,
     Opcode,
@@ -134,7 +135,6 @@ Event = Union[str, bytes, Ping, Pong, Close]
 
 _FIN = 0x80
 _RSV_MASK = 0x70
-_RSV1 = 0x40
 # Headers of unmasked, unfragmented frames under 126 bytes, by length: the hot path.
 _TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
 _BINARY_HEADERS = [bytes((0x82, n)) for n in range(126)]
@@ -291,7 +291,7 @@ class Protocol:
         """Apply every rule that a frame header alone can break (fail fast)."""
         if b0 & _RSV_MASK:
             raise ProtocolError("reserved bits must be 0 without a negotiated extension")
-        if opcode > 2 and opcode not in (8, 9, 10):
+        if opcode not in KNOWN_OPCODES:
             raise ProtocolError(f"reserved opcode {opcode}")
         if bool(b1 & 0x80) is self._client:
             raise ProtocolError(
@@ -417,9 +417,11 @@ class Protocol:
             self._queue_frame(opcode, data)
 
     def send_frame(self, frame: bytes) -> None:
-        """Queue a complete data frame prepared by :func:`prepare_frame` (a broadcast
-        frames its message once for many connections). Server side only: client frames
-        must be masked each with a fresh key. Raises :class:`InvalidState` once closing."""
+        """Queue a data frame prepared by :func:`prepare_frame` (a broadcast frames its
+        message once for many connections): the whole frame, or the unwritten rest of
+        one whose beginning the caller wrote to the transport itself while nothing else
+        was queued. Server side only: client frames are masked each with a fresh key.
+        Raises :class:`InvalidState` once closing."""
         if self._client:
             raise InvalidState("client frames are masked per frame: use send_text/send_binary")
         self._check_open()

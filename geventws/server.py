@@ -19,10 +19,10 @@ import gevent.ssl
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from .connection import Connection, _format_address, close_socket, read_head
+from .connection import Connection, _format_address, read_head, refuse
 from .exceptions import ConnectionClosed, InvalidRequest
 from .frames import CloseCode
-from .handshake import check_request, reject_response
+from .handshake import check_request
 from .http11 import parse_request
 from .protocol import Side
 from .request import Request
@@ -115,7 +115,10 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         # TLS is wrapped here rather than by StreamServer, so that a standard-library
         # context works without monkey-patching and the TLS handshake shares the deadline.
         self.ssl_context = ssl_context
-        #: The open connections (accepted, not yet closed), for broadcasts and metrics.
+        #: The connections whose handler is running, for broadcasts and metrics. A
+        #: connection joins when its handler starts (its handshake may still be pending
+        #: for a moment; :func:`~geventws.broadcast` skips those and closed ones) and
+        #: leaves when its handler returns.
         self.connections: set[Connection] = set()
 
     # -- lifecycle ------------------------------------------------------------------
@@ -162,7 +165,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
                         read_head(sock)
                 except (OSError, InvalidRequest):
                     pass
-                self._refuse(
+                refuse(
                     sock, 503, "Too many connections, retry later\n", [("Retry-After", "5")], 1.0
                 )
                 return
@@ -236,7 +239,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
                 exc.status,
                 exc.message,
             )
-            self._refuse(sock, exc.status, exc.message + "\n", exc.headers)
+            refuse(sock, exc.status, exc.message + "\n", exc.headers, self.close_timeout)
             return None
         except OSError as exc:  # includes ssl.SSLError
             logger.debug("handshake aborted: %s %s", _format_address(address), exc)
@@ -245,17 +248,6 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             timeout.close()
             if connection is None:
                 sock.close()
-
-    def _refuse(
-        self, sock: Any, status: int, body: str, headers: Any, timeout: Optional[float] = None
-    ) -> None:
-        timeout = self.close_timeout if timeout is None else timeout
-        try:
-            with gevent.Timeout(timeout, False):
-                sock.sendall(reject_response(status, body, headers))
-        except OSError:
-            pass
-        close_socket(sock, timeout)
 
     def _run_handler(self, connection: Connection) -> None:
         request = connection.request

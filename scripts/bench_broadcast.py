@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from bench_echo import BENCH, Server, cpu_seconds, raise_fd_limit
+from bench_echo import BENCH, Server, cpu_seconds, raise_fd_limit, report
 
 SCENARIOS = [(1000, 200), (10000, 20)]  # (clients, messages)
 
@@ -29,14 +29,7 @@ def command(name: str, port: int) -> list[str]:
 
 
 def run(name: str, clients: int, messages: int) -> tuple[float, float]:
-    import bench_echo
-
-    original = bench_echo.server_command
-    bench_echo.server_command = command  # type: ignore[assignment]
-    try:
-        server = Server(name)
-    finally:
-        bench_echo.server_command = original  # type: ignore[assignment]
+    server = Server(name, command)
     try:
         process = subprocess.Popen(
             [
@@ -83,30 +76,28 @@ def main() -> int:
                     f" {per_cpu:12,.0f} per server CPU-s",
                     flush=True,
                 )
-    lines = [
+    caption = (
         f"Measured {time.strftime('%Y-%m-%d')}, loopback, {args.rounds} interleaved rounds, medians "
-        f"(``python scripts/bench_broadcast.py --rounds {args.rounds}``).",
-        "",
-        "=======  ==========  ============  ======================  =====================",
-        "clients  server      deliveries/s  per server CPU-second   geventws ratio (CPU)",
-        "=======  ==========  ============  ======================  =====================",
-    ]
+        f"(``python scripts/bench_broadcast.py --rounds {args.rounds}``)."
+    )
+    header = ["clients", "server", "deliveries/s", "per server CPU-second", "geventws ratio (CPU)"]
+    rows = []
     for clients, _ in SCENARIOS:
-        ours = [statistics.median(r[i] for r in results[(clients, "geventws")]) for i in (0, 1)]
-        theirs = [statistics.median(r[i] for r in results[(clients, "websockets")]) for i in (0, 1)]
-        lines.append(f"{clients:<7}  geventws    {ours[0]:<12,.0f}  {ours[1]:<22,.0f}")
-        lines.append(
-            f"{clients:<7}  websockets  {theirs[0]:<12,.0f}  {theirs[1]:<22,.0f}  {ours[1] / theirs[1]:.2f}x"
+        ours, theirs = (
+            [statistics.median(r[i] for r in results[(clients, name)]) for i in (0, 1)]
+            for name in ("geventws", "websockets")
         )
-    lines += [
-        "=======  ==========  ============  ======================  =====================",
-        "",
-    ]
-    table = "\n".join(line.rstrip() for line in lines)
-    print()
-    print(table)
-    if args.write_results:
-        (BENCH / "BROADCAST.rst").write_text(table)
+        rows.append([str(clients), "geventws", f"{ours[0]:,.0f}", f"{ours[1]:,.0f}", ""])
+        rows.append(
+            [
+                str(clients),
+                "websockets",
+                f"{theirs[0]:,.0f}",
+                f"{theirs[1]:,.0f}",
+                f"{ours[1] / theirs[1]:.2f}x",
+            ]
+        )
+    report(caption, header, rows, BENCH / "BROADCAST.rst" if args.write_results else None)
     return 0
 
 

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 HERE = Path(__file__).resolve().parent
 BENCH = HERE / "bench"
@@ -80,11 +81,15 @@ def rss_bytes(pid: int) -> int:
 
 
 class Server:
-    def __init__(self, name: str) -> None:
+    """A server process on a free port; ``command(name, port)`` gives its command line."""
+
+    def __init__(
+        self, name: str, command: Callable[[str, int], list[str]] = server_command
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.process = subprocess.Popen(
-            server_command(name, self.port),
+            command(name, self.port),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=raise_fd_limit,
@@ -162,6 +167,21 @@ def idle_run(server: Server, count: int) -> float:
     return (after - before) / opened
 
 
+def report(caption: str, header: list[str], rows: list[list[str]], path: Optional[Path]) -> None:
+    """Print ``caption`` and an RST simple table of ``rows``; write both to ``path``."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    rule = "  ".join("=" * w for w in widths)
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+    text = "\n".join([caption, "", rule, line(header), rule, *map(line, rows), rule, ""])
+    print()
+    print(text)
+    if path is not None:
+        path.write_text(text)
+
+
 SCENARIOS = {
     "small": dict(connections=100, inflight=16, size=32, mode="text"),
     "large": dict(connections=4, inflight=1, size=2**20, mode="binary"),
@@ -213,12 +233,11 @@ def main() -> int:
                     server.stop()
                 print(f"idle {name:16} {memory[name][-1] / 1024:.1f} KiB/connection", flush=True)
 
-    lines = [
+    caption = (
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, loopback, "
         f"{args.rounds} interleaved rounds of {args.seconds:g} s, medians "
-        f"(``python scripts/bench_echo.py --rounds {args.rounds} --seconds {args.seconds:g} --idle {args.idle}``).",
-        "",
-    ]
+        f"(``python scripts/bench_echo.py --rounds {args.rounds} --seconds {args.seconds:g} --idle {args.idle}``)."
+    )
     header = ["scenario", "server", "msg/s", "msg per server CPU-s", "geventws ratio (CPU)"]
     rows = []
     for scenario in scenarios:
@@ -236,18 +255,7 @@ def main() -> int:
         rows.append(
             ["idle memory", name, f"{statistics.median(values) / 1024:.1f} KiB/conn", "", ""]
         )
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    rule = "  ".join("=" * w for w in widths)
-    lines += [rule, "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), rule]
-    lines += [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-    lines += [rule, ""]
-    table = "\n".join(lines)
-    print()
-    print(table)
-    if args.write_results:
-        (BENCH / "RESULTS.rst").write_text(table)
+    report(caption, header, rows, BENCH / "RESULTS.rst" if args.write_results else None)
     return 0
 
 

@@ -185,9 +185,7 @@ def test_broadcast_reaches_everyone_and_skips_slow_clients(serve: Any) -> None:
 
 def test_broadcast_never_raises() -> None:
     class Broken:
-        side = geventws.protocol.Side.SERVER
-
-        def _send_prepared(self, frame: bytes, limit: int) -> bool:
+        def _send_prepared(self, frame: bytes, data: bytes, binary: bool, limit: int) -> bool:
             raise RuntimeError("boom")
 
     assert geventws.broadcast([Broken()], "x") == 0  # type: ignore[list-item]
