@@ -99,6 +99,56 @@ def _add_max_size(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _compression(text: str) -> Optional[str]:
+    if text.lower() == "none":
+        return None
+    if text != "deflate":
+        raise argparse.ArgumentTypeError("use 'deflate' or 'none'")
+    return text
+
+
+def _add_compression(parser: argparse.ArgumentParser) -> None:
+    """The ``--compression*`` flags, shared by ``serve`` and ``client``."""
+    group = parser.add_argument_group("compression (permessage-deflate, RFC 7692)")
+    group.add_argument(
+        "--compression",
+        type=_compression,
+        default="deflate",
+        metavar="deflate|none",
+        help="negotiate permessage-deflate (default deflate)",
+    )
+    group.add_argument(
+        "--compression-window-bits",
+        type=int,
+        default=12,
+        metavar="9-15",
+        help="LZ77 window for compressing, as a power of two (default 12: 4 KiB)",
+    )
+    group.add_argument(
+        "--compression-mem-level",
+        type=int,
+        default=5,
+        metavar="1-9",
+        help="zlib memory level for compressing (default 5)",
+    )
+    group.add_argument(
+        "--compression-threshold",
+        type=int,
+        default=128,
+        metavar="BYTES",
+        help="messages shorter than this are sent uncompressed (default 128)",
+    )
+
+
+def _compression_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "compression": args.compression,
+        "compression_window_bits": args.compression_window_bits,
+        "compression_mem_level": args.compression_mem_level,
+        "compression_threshold": args.compression_threshold,
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; each option has the name of the matching keyword argument."""
     parser = argparse.ArgumentParser(
@@ -181,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="connections served at once; beyond it HTTP 503 (default no limit)",
     )
+    _add_compression(serve)
     serve.add_argument("--certfile", help="TLS certificate (PEM) to serve wss://")
     serve.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
     serve.add_argument(
@@ -227,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="time allowed to connect and complete the handshake (default 10)",
     )
     client.add_argument("--insecure", action="store_true", help="don't verify TLS certificates")
+    _add_compression(client)
     return parser
 
 
@@ -271,8 +323,12 @@ def _serve(args: argparse.Namespace) -> int:
             send_timeout=args.send_timeout,
             max_connections=args.max_connections,
             ssl_context=ssl_context,
+            **_compression_options(args),
         )
         server.start()
+    except ValueError as exc:
+        print(f"geventws: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"geventws: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
@@ -326,7 +382,11 @@ def _client(args: argparse.Namespace) -> int:
             open_timeout=args.open_timeout,
             max_size=args.max_size,
             ssl=ssl_context,
+            **_compression_options(args),
         )
+    except ValueError as exc:
+        print(f"geventws: error: {exc}", file=sys.stderr)
+        return 2
     except (InvalidHandshake, InvalidURI, OSError) as exc:
         print(f"geventws: error: cannot connect to {args.url}: {exc}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ import gevent.ssl
 
 from .connection import Connection, read_head
 from .exceptions import InvalidHandshake, InvalidRequest, InvalidResponse, InvalidURI
+from .extensions import Deflate, DeflateOptions, client_offer, deflate_options, negotiate_client
 from .handshake import check_response, client_request, generate_key
 from .headers import Headers, HeadersLike
 from .http11 import parse_response
@@ -52,6 +53,10 @@ def connect(
     ping_interval: Optional[float] = 20.0,
     ping_timeout: Optional[float] = 20.0,
     send_timeout: Optional[float] = None,
+    compression: Optional[str] = "deflate",
+    compression_window_bits: int = 12,
+    compression_mem_level: int = 5,
+    compression_threshold: int = 128,
     max_redirects: int = MAX_REDIRECTS,
     user_agent: Optional[str] = USER_AGENT,
 ) -> Connection:
@@ -69,13 +74,23 @@ def connect(
     ``close_timeout``, ``max_size``, ``max_queue``, ``ping_interval``, ``ping_timeout``
     and ``send_timeout`` are as on the server.
 
+    ``compression="deflate"`` (the default) offers permessage-deflate and lets the
+    server bound the client's window; ``None`` offers nothing.
+    ``compression_window_bits`` (default 12), ``compression_mem_level`` (default 5) and
+    ``compression_threshold`` (default 128 bytes) apply to what the client compresses.
+    The negotiated value is in :attr:`Connection.extensions`.
+
     Raises :class:`~geventws.InvalidURI`; :class:`OSError` (including
     :class:`socket.gaierror` and :class:`ssl.SSLError`) for DNS, TCP and TLS failures;
     :class:`TimeoutError` when ``open_timeout`` passes;
     :class:`~geventws.InvalidResponse` for any answer other than a valid 101, carrying
-    ``status``, ``headers`` and ``body`` (so a 401 or 403 is readable).
+    ``status``, ``headers`` and ``body`` (so a 401 or 403 is readable), including one
+    that answers with extensions or parameters the client did not offer.
     """
     target = parse_uri(uri)
+    options = deflate_options(
+        compression, compression_window_bits, compression_mem_level, compression_threshold
+    )
     with gevent.Timeout(open_timeout, TimeoutError(f"timed out opening {uri}")):
         for _ in range(max_redirects + 1):
             location = _open(
@@ -86,9 +101,10 @@ def connect(
                 ssl=ssl,
                 server_hostname=server_hostname,
                 user_agent=user_agent,
+                deflate=options,
             )
             if isinstance(location, tuple):
-                sock, head, leftover, subprotocol = location
+                sock, head, leftover, subprotocol, deflate = location
                 connection = Connection(
                     sock,
                     Side.CLIENT,
@@ -103,7 +119,9 @@ def connect(
                 )
                 connection.subprotocol = subprotocol
                 connection.response_headers = head.headers
-                connection._start(Protocol(Side.CLIENT, max_size=max_size), leftover)
+                connection.extensions = None if deflate is None else deflate.agreed
+                protocol = Protocol(Side.CLIENT, max_size=max_size, deflate=deflate)
+                connection._start(protocol, leftover)
                 logger.debug("connection opened: %s", uri)
                 return connection
             logger.debug("redirected to %s", location)
@@ -127,8 +145,10 @@ def _open(
     ssl: Optional[_ssl.SSLContext],
     server_hostname: Optional[str],
     user_agent: Optional[str],
+    deflate: Optional[DeflateOptions],
 ) -> Any:
-    """One attempt: the open socket with the response, or a redirect's Location."""
+    """One attempt: the open socket with the response, subprotocol and codec, or a
+    redirect's Location."""
     sock = gevent.socket.create_connection((target.host, target.port))
     try:
         sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
@@ -150,6 +170,7 @@ def _open(
                 key,
                 origin=origin,
                 subprotocols=subprotocols,
+                extensions=None if deflate is None else client_offer(deflate),
                 headers=fields,
             )
         )
@@ -173,9 +194,12 @@ def _open(
                 body,
             )
         subprotocol = check_response(head, key, subprotocols)
-        if head.headers.get_all("Sec-WebSocket-Extensions"):
+        codec: Optional[Deflate] = None
+        if deflate is not None:
+            codec = negotiate_client(head.headers, deflate)
+        elif head.headers.get_all("Sec-WebSocket-Extensions"):
             raise InvalidResponse("server chose an extension the client did not offer", 101)
-        return sock, head, leftover, subprotocol
+        return sock, head, leftover, subprotocol, codec
     except BaseException:
         sock.close()
         raise

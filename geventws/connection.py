@@ -53,6 +53,7 @@ from .exceptions import (
     InvalidState,
     ProtocolError,
 )
+from .extensions import Deflate
 from .frames import CloseCode
 from .handshake import accept_response, reject_response, select_subprotocol
 from .headers import HeadersLike
@@ -185,6 +186,10 @@ class Connection:
         self._key = ""
         self._leftover = b""
         self._supported_subprotocols: tuple[str, ...] = ()
+        self._deflate: Optional[tuple[str, Deflate]] = None
+        #: The negotiated ``Sec-WebSocket-Extensions`` value (permessage-deflate and its
+        #: parameters), or ``None`` without compression; set when the handshake completes.
+        self.extensions: Optional[str] = None
         # Receiving.
         self._messages: deque[Data] = deque()
         self._wakeup = Event()  # set when messages arrive, a helper exits, or done
@@ -212,11 +217,18 @@ class Connection:
 
     # -- the opening handshake ------------------------------------------------------
 
-    def _prepare(self, key: str, leftover: bytes, subprotocols: tuple[str, ...]) -> None:
+    def _prepare(
+        self,
+        key: str,
+        leftover: bytes,
+        subprotocols: tuple[str, ...],
+        deflate: Optional[tuple[str, Deflate]] = None,
+    ) -> None:
         """Server side: remember what :meth:`accept` needs (called by the server)."""
         self._key = key
         self._leftover = leftover
         self._supported_subprotocols = subprotocols
+        self._deflate = deflate
 
     def accept(
         self, subprotocol: Optional[str] = None, headers: Optional[HeadersLike] = None
@@ -237,15 +249,17 @@ class Connection:
             )
         elif subprotocol not in self.request.subprotocols:
             raise ValueError(f"the client did not offer subprotocol {subprotocol!r}")
-        response = accept_response(self._key, subprotocol, headers=headers)
+        agreed, deflate = self._deflate if self._deflate is not None else (None, None)
+        response = accept_response(self._key, subprotocol, agreed, headers=headers)
         self._handshake = _ACCEPTED
         self.subprotocol = subprotocol
+        self.extensions = agreed
         with gevent.Timeout(
             self.close_timeout, ConnectionClosedError(1006, "handshake write timed out")
         ):
             self._sock.sendall(response)
         leftover, self._leftover = self._leftover, b""
-        self._start(Protocol(Side.SERVER, max_size=self.max_size), leftover)
+        self._start(Protocol(Side.SERVER, max_size=self.max_size, deflate=deflate), leftover)
         if self.logger.isEnabledFor(logging.INFO):
             self.logger.info(
                 "connection opened: %s %s",
@@ -485,11 +499,19 @@ class Connection:
 
     # -- sending --------------------------------------------------------------------
 
-    def send(self, message: Union[Data, bytearray, memoryview], binary: bool = False) -> None:
+    def send(
+        self,
+        message: Union[Data, bytearray, memoryview],
+        binary: bool = False,
+        compress: Optional[bool] = None,
+    ) -> None:
         """Send a message: a text frame by default, a binary frame with ``binary=True``.
 
         A ``str`` is encoded as UTF-8. Bytes sent as text must be valid UTF-8, else
-        :class:`ValueError`. Returns once the frame is buffered; the buffer is written
+        :class:`ValueError`. With permessage-deflate negotiated, messages from the
+        compression threshold up are compressed; ``compress=False`` sends this one as is
+        (already-compressed data gains nothing), ``compress=True`` compresses it
+        whatever its size. Returns once the frame is buffered; the buffer is written
         when this greenlet next blocks, or right away past 64 KiB, so ``send()`` blocks
         while the peer does not read. Raises :class:`~geventws.ConnectionClosed` when the
         connection is closing or closed.
@@ -515,9 +537,9 @@ class Connection:
             raise self._closed_error()
         try:
             if binary:
-                protocol.send_binary(data)
+                protocol.send_binary(data, compress)
             else:
-                protocol.send_text(data)
+                protocol.send_text(data, compress)
         except InvalidState:
             raise self._closed_error() from None
         self._unflushed += len(data) + 2
@@ -526,11 +548,10 @@ class Connection:
         elif self._flush_cb is None:
             self._flush_cb = self._loop.run_callback(self._flush_soon)
 
-    def _send_prepared(self, frame: bytes, data: bytes, binary: bool, limit: int) -> bool:
+    def _send_prepared(self, prepared: _Prepared, limit: int) -> bool:
         """Queue a broadcast message without ever blocking the caller (see
-        :func:`broadcast`): ``frame`` is the shared server frame, ``data`` the payload
-        (client frames are masked each). Returns False (message skipped) when the
-        connection is not open or already has ``limit`` bytes or more waiting."""
+        :func:`broadcast`). Returns False (message skipped) when the connection is not
+        open or already has ``limit`` bytes or more waiting."""
         protocol = self._protocol
         if (
             protocol is None
@@ -539,13 +560,17 @@ class Connection:
             or self._unflushed >= limit
         ):
             return False
-        if self.side is Side.CLIENT:
-            if binary:
-                protocol.send_binary(data)
+        if self.side is Side.CLIENT:  # client frames are masked each
+            if prepared.binary:
+                protocol.send_binary(prepared.data, prepared.compress)
             else:
-                protocol.send_text(data)
-            self._unflushed += len(data)
+                protocol.send_text(prepared.data, prepared.compress)
+            self._unflushed += len(prepared.data)
         else:
+            deflate = protocol.deflate
+            frame, compressed = prepared.frame_for(deflate)
+            if compressed:
+                deflate.forget_context()  # type: ignore[union-attr]
             sent = 0
             if (
                 self._send_nowait is not None
@@ -557,8 +582,8 @@ class Connection:
                     sent = self._send_nowait_or_zero(frame)
                 except OSError:
                     return False  # the reading side reports the lost connection
-                if sent == len(frame):
-                    return True
+            if sent == len(frame):
+                return True
             protocol.send_frame(frame[sent:] if sent else frame)
             self._unflushed += len(frame) - sent
         if self._flush_cb is None:  # the rest is written in the background
@@ -872,12 +897,43 @@ class Connection:
         return f"<Connection {self.side.value} {_format_address(self.remote_address)} {state}>"
 
 
+class _Prepared:
+    """A broadcast message, framed once per way it goes out: uncompressed, and
+    compressed once per distinct (window, memory level, level) among the connections
+    that negotiated permessage-deflate."""
+
+    __slots__ = ("_compressed", "_plain", "binary", "compress", "data")
+
+    def __init__(self, data: bytes, binary: bool, compress: Optional[bool]) -> None:
+        self.data = data
+        self.binary = binary
+        self.compress = compress
+        self._plain: Optional[bytes] = None
+        self._compressed: dict[tuple[int, int, int], bytes] = {}
+
+    def frame_for(self, deflate: Optional[Deflate]) -> tuple[bytes, bool]:
+        """The frame for a server connection with this codec, and whether it is
+        compressed (from a fresh deflate stream, so any peer's context can take it)."""
+        if deflate is not None and deflate.wants(len(self.data), self.compress):
+            frame = self._compressed.get(deflate.settings)
+            if frame is None:
+                payload = deflate.compress_shared(self.data)
+                frame = self._compressed[deflate.settings] = prepare_frame(
+                    payload, self.binary, compressed=True
+                )
+            return frame, True
+        if self._plain is None:
+            self._plain = prepare_frame(self.data, self.binary)
+        return self._plain, False
+
+
 def broadcast(
     connections: Iterable[Connection],
     message: Union[str, bytes],
     binary: bool = False,
     *,
     limit: int = _WRITE_HIGH_WATER,
+    compress: Optional[bool] = None,
 ) -> int:
     """Send ``message`` to every open connection in ``connections``; return how many
     it was queued to.
@@ -889,15 +945,20 @@ def broadcast(
     for this message. Never blocks on a slow client and never raises for a
     connection's failure (logged at DEBUG on ``geventws.server``). Raises
     :class:`ValueError` for bytes sent as text that aren't valid UTF-8.
+
+    With compression, the message is compressed *once* from a fresh deflate stream for
+    all the connections that negotiated the same window (``compress`` and the threshold
+    as in :meth:`Connection.send`); each of those connections then starts its next
+    message without the earlier context, since its peer's window changed.
     """
     data = message.encode("utf-8") if isinstance(message, str) else bytes(message)
     if not binary and not isinstance(message, str):
         data.decode("utf-8")  # UnicodeDecodeError is a ValueError
-    frame = prepare_frame(data, binary)
+    prepared = _Prepared(data, binary, compress)
     queued = 0
     for connection in list(connections):
         try:
-            queued += connection._send_prepared(frame, data, binary, limit)
+            queued += connection._send_prepared(prepared, limit)
         except Exception as exc:  # one bad connection must not stop the broadcast
             logging.getLogger("geventws.server").debug(
                 "broadcast to %r failed: %s", connection, exc

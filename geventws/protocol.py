@@ -38,6 +38,7 @@ import struct
 from typing import Optional, Union
 
 from .exceptions import InvalidState, PayloadTooBig, ProtocolError
+from .extensions import Deflate
 from .frames import (
     KNOWN_OPCODES,
     MAX_CONTROL_PAYLOAD,
@@ -134,6 +135,7 @@ class Close:
 Event = Union[str, bytes, Ping, Pong, Close]
 
 _FIN = 0x80
+_RSV1 = 0x40
 _RSV_MASK = 0x70
 # Headers of unmasked, unfragmented frames under 126 bytes, by length: the hot path.
 _TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
@@ -146,11 +148,24 @@ class Protocol:
     ``max_size`` bounds a reassembled message (and so any single frame) in bytes;
     ``None`` means no limit. Over it the connection fails with 1009 as soon as a
     frame header proves it, before the payload is buffered.
+
+    ``deflate`` is the negotiated permessage-deflate codec, if any (RFC 7692): RSV1 is
+    then allowed on the first frame of a data message, which is inflated frame by
+    frame with ``max_size`` counted on the output as it is produced; a compressed
+    frame's own payload may exceed ``max_size`` only by deflate's worst-case overhead.
     """
 
-    def __init__(self, side: Side, *, max_size: Optional[int] = 2**20) -> None:
+    def __init__(
+        self,
+        side: Side,
+        *,
+        max_size: Optional[int] = 2**20,
+        deflate: Optional[Deflate] = None,
+    ) -> None:
         self.side = side
         self.max_size = max_size
+        #: The permessage-deflate codec, when the handshake negotiated it.
+        self.deflate = deflate
         self.state = State.OPEN
         #: The close frame received from the peer, if any.
         self.close_rcvd: Optional[Close] = None
@@ -167,6 +182,7 @@ class Protocol:
         self._frag_opcode: Optional[int] = None
         self._frag_parts: list[Union[bytes, str]] = []
         self._frag_size = 0
+        self._frag_compressed = False
         self._decoder: Optional[codecs.IncrementalDecoder] = None
         self._pending_error: Optional[ProtocolError] = None
         #: True when :meth:`receive_data` stopped early: it returned messages that came
@@ -289,8 +305,14 @@ class Protocol:
 
     def _check_header(self, b0: int, b1: int, opcode: int, length: int) -> None:
         """Apply every rule that a frame header alone can break (fail fast)."""
+        compressed = self._frag_compressed if opcode == 0 else bool(b0 & _RSV1)
         if b0 & _RSV_MASK:
-            raise ProtocolError("reserved bits must be 0 without a negotiated extension")
+            if self.deflate is None or b0 & _RSV_MASK != _RSV1:
+                raise ProtocolError("reserved bits must be 0 without a negotiated extension")
+            if opcode >= 8:
+                raise ProtocolError("RSV1 set on a control frame")
+            if opcode == 0:
+                raise ProtocolError("RSV1 set on a continuation frame")
         if opcode not in KNOWN_OPCODES:
             raise ProtocolError(f"reserved opcode {opcode}")
         if bool(b1 & 0x80) is self._client:
@@ -310,7 +332,11 @@ class Protocol:
                 raise ProtocolError("continuation frame without a message to continue")
         elif self._frag_opcode is not None:
             raise ProtocolError("new data frame inside a fragmented message")
-        if self.max_size is not None and self._frag_size + length > self.max_size:
+        if compressed:
+            # The output is counted while inflating; cap the frame itself too.
+            if self.max_size is not None and length > _deflate_bound(self.max_size):
+                raise PayloadTooBig(f"compressed frame over max_size ({length} bytes)")
+        elif self.max_size is not None and self._frag_size + length > self.max_size:
             raise PayloadTooBig(
                 f"message over max_size ({self._frag_size + length} > {self.max_size} bytes)"
             )
@@ -319,19 +345,25 @@ class Protocol:
         fin = b0 & _FIN
         if opcode == 0:
             opcode = self._frag_opcode  # type: ignore[assignment]
-        elif fin:
-            # The common case: a whole message in one frame.
-            if opcode == 1:
-                try:
-                    events.append(payload.decode("utf-8"))
-                except UnicodeDecodeError:
-                    raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
-            else:
-                events.append(payload)
-            return
+            if self._frag_compressed:
+                payload = self._inflate(payload, bool(fin))
         else:
+            compressed = b0 & _RSV1
+            if compressed:
+                payload = self._inflate(payload, bool(fin))
+            if fin:
+                # The common case: a whole message in one frame.
+                if opcode == 1:
+                    try:
+                        events.append(payload.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
+                else:
+                    events.append(payload)
+                return
             self._frag_opcode = opcode
             self._frag_size = 0
+            self._frag_compressed = bool(compressed)
             if opcode == 1:
                 self._decoder = _utf8_decoder()
         self._frag_size += len(payload)
@@ -353,7 +385,15 @@ class Protocol:
             self._frag_parts = []
             self._frag_opcode = None
             self._frag_size = 0
+            self._frag_compressed = False
             self._decoder = None
+
+    def _inflate(self, payload: bytes, fin: bool) -> bytes:
+        """Decompress one frame of the current compressed message within max_size."""
+        assert self.deflate is not None
+        max_size = self.max_size
+        limit = None if max_size is None else max_size - self._frag_size
+        return self.deflate.decompress(payload, fin, limit)
 
     def _control_frame(self, opcode: int, payload: bytes, events: list[Event]) -> None:
         if opcode == Opcode.PING:
@@ -381,8 +421,8 @@ class Protocol:
 
     # -- sending --------------------------------------------------------------------
 
-    def _queue_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
-        first = opcode | (_FIN if fin else 0)
+    def _queue_frame(self, opcode: int, payload: bytes, fin: bool = True, rsv: int = 0) -> None:
+        first = opcode | (_FIN if fin else 0) | rsv
         if self._client:
             mask = os.urandom(4)
             self._output.append(frame_header(first, len(payload), mask))
@@ -397,21 +437,30 @@ class Protocol:
         if self.state is not State.OPEN or self.close_sent is not None:
             raise InvalidState(f"cannot send data in state {self.state.name}")
 
-    def send_text(self, data: bytes) -> None:
+    def send_text(self, data: bytes, compress: Optional[bool] = None) -> None:
         """Queue a text message; ``data`` must already be valid UTF-8.
 
+        With permessage-deflate negotiated, the message is compressed when ``compress``
+        is True, or when it is None and the message reaches the codec's threshold;
+        ``compress=False`` sends it as is (for data that is already compressed).
         Raises :class:`InvalidState` once the closing handshake started.
         """
-        self._send_data(Opcode.TEXT, _TEXT_HEADERS, data)
+        self._send_data(Opcode.TEXT, _TEXT_HEADERS, data, compress)
 
-    def send_binary(self, data: bytes) -> None:
-        """Queue a binary message. Raises :class:`InvalidState` once closing."""
-        self._send_data(Opcode.BINARY, _BINARY_HEADERS, data)
+    def send_binary(self, data: bytes, compress: Optional[bool] = None) -> None:
+        """Queue a binary message (``compress`` as in :meth:`send_text`). Raises
+        :class:`InvalidState` once closing."""
+        self._send_data(Opcode.BINARY, _BINARY_HEADERS, data, compress)
 
-    def _send_data(self, opcode: int, small_headers: list[bytes], data: bytes) -> None:
+    def _send_data(
+        self, opcode: int, small_headers: list[bytes], data: bytes, compress: Optional[bool]
+    ) -> None:
         if self.close_sent is not None or self.state is not State.OPEN:
             self._check_open()
-        if len(data) < 126 and not self._client:
+        deflate = self.deflate
+        if deflate is not None and deflate.wants(len(data), compress):
+            self._queue_frame(opcode, deflate.compress(data), rsv=_RSV1)
+        elif len(data) < 126 and not self._client:
             self._output.append(small_headers[len(data)] + data)  # the hot path
         else:
             self._queue_frame(opcode, data)
@@ -421,7 +470,11 @@ class Protocol:
         message once for many connections): the whole frame, or the unwritten rest of
         one whose beginning the caller wrote to the transport itself while nothing else
         was queued. Server side only: client frames are masked each with a fresh key.
-        Raises :class:`InvalidState` once closing."""
+
+        A compressed frame must come from a fresh deflate stream
+        (:meth:`Deflate.compress_shared`), and the caller must first call
+        :meth:`Deflate.forget_context`: the peer's window will hold bytes this
+        connection's compressor never saw. Raises :class:`InvalidState` once closing."""
         if self._client:
             raise InvalidState("client frames are masked per frame: use send_text/send_binary")
         self._check_open()
@@ -486,11 +539,18 @@ class Protocol:
         return self.state is State.CLOSED
 
 
-def prepare_frame(data: bytes, binary: bool) -> bytes:
+def prepare_frame(data: bytes, binary: bool, compressed: bool = False) -> bytes:
     """A whole unmasked (server) text or binary frame for ``data``, for
-    :meth:`Protocol.send_frame`. Text must already be valid UTF-8."""
-    opcode = Opcode.BINARY if binary else Opcode.TEXT
-    return frame_header(_FIN | opcode, len(data)) + data
+    :meth:`Protocol.send_frame`. Text must already be valid UTF-8; ``compressed``
+    sets RSV1 on a payload compressed for permessage-deflate."""
+    first = _FIN | (Opcode.BINARY if binary else Opcode.TEXT) | (_RSV1 if compressed else 0)
+    return frame_header(first, len(data)) + data
+
+
+def _deflate_bound(size: int) -> int:
+    """The largest deflate output for ``size`` bytes of input: stored blocks add 5
+    bytes per 65,535 (zlib's deflateBound, rounded up generously)."""
+    return size + (size >> 12) + 64
 
 
 def _has_message(events: list[Event]) -> bool:

@@ -21,6 +21,7 @@ from gevent.server import StreamServer
 
 from .connection import Connection, _format_address, read_head, refuse
 from .exceptions import ConnectionClosed, InvalidRequest
+from .extensions import deflate_options, negotiate_server
 from .frames import CloseCode
 from .handshake import check_request
 from .http11 import parse_request
@@ -72,6 +73,15 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
     ``max_connections``
         Connections served at once (handshakes included); beyond it new clients get
         HTTP 503 with ``Retry-After`` (default ``None``: no limit).
+    ``compression``
+        ``"deflate"`` (the default) negotiates permessage-deflate (RFC 7692) with
+        clients that offer it; ``None`` turns compression off.
+    ``compression_window_bits``, ``compression_mem_level``
+        zlib's LZ77 window (9-15, default 12: 4 KiB) and hash-table size (1-9, default
+        5) for compressing; the server also asks clients to compress with that window
+        when they let it. Smaller means less memory per connection and less compression.
+    ``compression_threshold``
+        Messages shorter than this many bytes are sent uncompressed (default 128).
     ``ssl_context``
         An :class:`ssl.SSLContext` to serve ``wss://``.
 
@@ -94,6 +104,10 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         ping_timeout: Optional[float] = 20.0,
         send_timeout: Optional[float] = None,
         max_connections: Optional[int] = None,
+        compression: Optional[str] = "deflate",
+        compression_window_bits: int = 12,
+        compression_mem_level: int = 5,
+        compression_threshold: int = 128,
         ssl_context: Any = None,
         backlog: Optional[int] = None,
     ) -> None:
@@ -112,6 +126,10 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         self.ping_timeout = ping_timeout
         self.send_timeout = send_timeout
         self.max_connections = max_connections
+        #: The permessage-deflate settings, or ``None`` when compression is off.
+        self.deflate_options = deflate_options(
+            compression, compression_window_bits, compression_mem_level, compression_threshold
+        )
         # TLS is wrapped here rather than by StreamServer, so that a standard-library
         # context works without monkey-patching and the TLS handshake shares the deadline.
         self.ssl_context = ssl_context
@@ -212,6 +230,9 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             key = check_request(head)
             if self.origins is not None and request.origin not in self.origins:
                 raise InvalidRequest(403, f"origin {request.origin!r} not allowed")
+            deflate = None
+            if self.deflate_options is not None:
+                deflate = negotiate_server(head.headers, self.deflate_options)
             connection = Connection(
                 sock,
                 Side.SERVER,
@@ -225,7 +246,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
                 send_timeout=self.send_timeout,
                 logger=logger,
             )
-            connection._prepare(key, leftover, self.subprotocols)
+            connection._prepare(key, leftover, self.subprotocols, deflate)
             return connection
         except gevent.Timeout as exc:
             if exc is not timeout:

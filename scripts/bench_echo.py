@@ -50,8 +50,10 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def server_command(name: str, port: int) -> list[str]:
-    if name == "geventws":
+def server_command(name: str, port: int, *flags: str) -> list[str]:
+    """The command line of the echo server ``name``; ``flags`` are extra ``geventws
+    serve`` flags (geventws only)."""
+    if name.startswith("geventws"):
         return [
             sys.executable,
             "-m",
@@ -64,6 +66,7 @@ def server_command(name: str, port: int) -> list[str]:
             "64MiB",
             "--log-level",
             "warning",
+            *flags,
         ]
     return [sys.executable, str(BENCH / "peers.py"), name, str(port)]
 
@@ -131,12 +134,26 @@ def loadgen(*args: object, timeout: float) -> str:
 
 
 def echo_run(
-    server: Server, connections: int, inflight: int, size: int, seconds: float, mode: str
+    server: Server,
+    connections: int,
+    inflight: int,
+    size: int,
+    seconds: float,
+    mode: str,
+    compress: bool = False,
 ) -> tuple[float, float]:
     cpu0 = cpu_seconds(server.process.pid)
     result = json.loads(
         loadgen(
-            "echo", server.url, connections, inflight, size, seconds, mode, timeout=seconds + 90
+            "echo",
+            server.url,
+            connections,
+            inflight,
+            size,
+            seconds,
+            mode,
+            int(compress),
+            timeout=seconds + 90,
         )
     )
     cpu1 = cpu_seconds(server.process.pid)
@@ -147,11 +164,19 @@ def echo_run(
     return rate, per_cpu
 
 
-def idle_run(server: Server, count: int) -> float:
+def idle_run(server: Server, count: int, compress: bool = False) -> float:
     time.sleep(0.5)
     before = rss_bytes(server.process.pid)
     process = subprocess.Popen(
-        ["node", str(BENCH / "loadgen.js"), "idle", server.url, str(count), "8"],
+        [
+            "node",
+            str(BENCH / "loadgen.js"),
+            "idle",
+            server.url,
+            str(count),
+            "8",
+            str(int(compress)),
+        ],
         stdout=subprocess.PIPE,
         text=True,
         preexec_fn=raise_fd_limit,
@@ -180,6 +205,34 @@ def report(caption: str, header: list[str], rows: list[list[str]], path: Optiona
     print(text)
     if path is not None:
         path.write_text(text)
+
+
+def echo_rows(
+    results: dict[tuple[str, str], list[tuple[float, float]]],
+    scenarios: list[str],
+    servers: list[str],
+    memory: dict[str, list[float]],
+) -> tuple[list[str], list[list[str]]]:
+    """The table of medians: rate, rate per server CPU-second and geventws' ratio for
+    each scenario and server, then idle memory per connection."""
+    header = ["scenario", "server", "msg/s", "msg per server CPU-s", "geventws ratio (CPU)"]
+    rows = []
+    for scenario in scenarios:
+        ours = (
+            statistics.median(r[1] for r in results[(scenario, "geventws")])
+            if "geventws" in servers
+            else None
+        )
+        for name in servers:
+            rate = statistics.median(r[0] for r in results[(scenario, name)])
+            per_cpu = statistics.median(r[1] for r in results[(scenario, name)])
+            ratio = "" if ours is None or name == "geventws" else f"{ours / per_cpu:.2f}x"
+            rows.append([scenario, name, f"{rate:,.0f}", f"{per_cpu:,.0f}", ratio])
+    for name, values in memory.items():
+        rows.append(
+            ["idle memory", name, f"{statistics.median(values) / 1024:.1f} KiB/conn", "", ""]
+        )
+    return header, rows
 
 
 SCENARIOS = {
@@ -238,23 +291,7 @@ def main() -> int:
         f"{args.rounds} interleaved rounds of {args.seconds:g} s, medians "
         f"(``python scripts/bench_echo.py --rounds {args.rounds} --seconds {args.seconds:g} --idle {args.idle}``)."
     )
-    header = ["scenario", "server", "msg/s", "msg per server CPU-s", "geventws ratio (CPU)"]
-    rows = []
-    for scenario in scenarios:
-        ours = (
-            statistics.median(r[1] for r in results[(scenario, "geventws")])
-            if "geventws" in servers
-            else None
-        )
-        for name in servers:
-            rate = statistics.median(r[0] for r in results[(scenario, name)])
-            per_cpu = statistics.median(r[1] for r in results[(scenario, name)])
-            ratio = "" if ours is None or name == "geventws" else f"{ours / per_cpu:.2f}x"
-            rows.append([scenario, name, f"{rate:,.0f}", f"{per_cpu:,.0f}", ratio])
-    for name, values in memory.items():
-        rows.append(
-            ["idle memory", name, f"{statistics.median(values) / 1024:.1f} KiB/conn", "", ""]
-        )
+    header, rows = echo_rows(results, scenarios, servers, memory)
     report(caption, header, rows, BENCH / "RESULTS.rst" if args.write_results else None)
     return 0
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Iterator
 
 import pytest
+from websockets.sync.server import ServerConnection
+from websockets.sync.server import serve as ws_serve
 
 from .utils import ServerThread, fd_count, wait_for
 
@@ -29,3 +32,20 @@ def serve() -> Iterator[Callable[..., ServerThread]]:
     assert wait_for(lambda: fd_count() <= before), (
         f"file descriptors leaked: {before} -> {fd_count()}"
     )
+
+
+@pytest.fixture
+def ws_server() -> Iterator[Callable[..., int]]:
+    """Start websockets' threaded (sync) server, an independent peer, with a handler;
+    return its port."""
+    servers: list[Any] = []
+
+    def start(handler: Callable[[ServerConnection], None], **kwargs: Any) -> int:
+        server = ws_serve(handler, "127.0.0.1", 0, **kwargs)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return int(server.socket.getsockname()[1])
+
+    yield start
+    for server in servers:
+        server.shutdown()

@@ -14,12 +14,11 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from websockets.sync.server import ServerConnection
-from websockets.sync.server import serve as ws_serve
 
 import geventws
 from geventws import (
@@ -30,22 +29,6 @@ from geventws import (
 )
 from geventws.examples.echo import handle as echo
 from geventws.uri import parse_uri
-
-
-@pytest.fixture
-def ws_server() -> Iterator[Callable[..., int]]:
-    """Start websockets' (threaded, sync) server with a handler; return its port."""
-    servers: list[Any] = []
-
-    def start(handler: Callable[[ServerConnection], None], **kwargs: Any) -> int:
-        server = ws_serve(handler, "127.0.0.1", 0, **kwargs)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return int(server.socket.getsockname()[1])
-
-    yield start
-    for server in servers:
-        server.shutdown()
 
 
 def ws_echo(ws: ServerConnection) -> None:

@@ -2,8 +2,11 @@
 
     python peers.py gevent-websocket PORT
     python peers.py websockets PORT
+    python peers.py websockets-deflate PORT
 
-Both echo text as text and binary as binary, accept messages up to 64 MiB and run without
+All echo text as text and binary as binary and accept messages up to 64 MiB.
+``websockets-deflate`` negotiates permessage-deflate with websockets' defaults (12-bit
+windows both ways, memLevel 5, every message compressed); the others run without
 compression, like the geventws server they are compared with.
 """
 
@@ -36,7 +39,7 @@ def gevent_websocket(port: int) -> None:
     server.serve_forever()
 
 
-def websockets_asyncio(port: int) -> None:
+def websockets_asyncio(port: int, compression: str | None = None) -> None:
     import asyncio
 
     from websockets.asyncio.server import serve
@@ -47,7 +50,7 @@ def websockets_asyncio(port: int) -> None:
 
     async def main() -> None:
         async with serve(
-            echo, "127.0.0.1", port, max_size=2**26, compression=None, ping_interval=None
+            echo, "127.0.0.1", port, max_size=2**26, compression=compression, ping_interval=None
         ):
             print("listening", flush=True)
             await asyncio.Future()
@@ -57,4 +60,7 @@ def websockets_asyncio(port: int) -> None:
 
 if __name__ == "__main__":
     name, port = sys.argv[1], int(sys.argv[2])
-    {"gevent-websocket": gevent_websocket, "websockets": websockets_asyncio}[name](port)
+    if name == "websockets-deflate":
+        websockets_asyncio(port, "deflate")
+    else:
+        {"gevent-websocket": gevent_websocket, "websockets": websockets_asyncio}[name](port)

@@ -1,5 +1,6 @@
 """The conformance suite: a raw-socket client of our own against a real
-``geventws serve`` echo server in a subprocess (see cases.py for the categories)."""
+``geventws serve`` echo server in a subprocess (see cases.py and deflate_cases.py for
+the categories)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ import re
 import socket
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
+from typing import Optional
 
 import pytest
 
-from ..utils import RawClient, wait_for
+from ..utils import RawClient, client_frame, wait_for
 from .cases import Case, all_cases
+from .deflate_cases import DeflateCase, all_deflate_cases
 
 CASES = all_cases()
+DEFLATE_CASES = all_deflate_cases()
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +118,77 @@ def test_case(echo_port: int, case: Case) -> None:
 def test_suite_size() -> None:
     # Several hundred cases, every category represented.
     assert len(CASES) >= 400
-    categories = {case.id.split(".")[0] for case in CASES}
-    assert categories == {"1", "2", "3", "4", "5", "6", "7", "9", "10"}
+    categories = {case.id.split(".")[0] for case in CASES + DEFLATE_CASES}  # type: ignore[operator]
+    assert categories == {"1", "2", "3", "4", "5", "6", "7", "9", "10", "12", "13"}
+
+
+def _params(agreed: Optional[str]) -> dict[str, Optional[str]]:
+    """The parameters of a negotiated permessage-deflate, parsed by hand here."""
+    if agreed is None:
+        return {}
+    params: dict[str, Optional[str]] = {}
+    for item in agreed.split(";")[1:]:
+        name, _, value = item.strip().partition("=")
+        params[name] = value or None
+    return params
+
+
+@pytest.mark.parametrize("case", DEFLATE_CASES, ids=[case.id for case in DEFLATE_CASES])
+def test_deflate_case(echo_port: int, case: DeflateCase) -> None:
+    client = RawClient(echo_port, headers=f"Sec-WebSocket-Extensions: {case.offer}\r\n", timeout=30)
+    try:
+        assert client.status == 101, client.head
+        answered = re.findall(rb"(?im)^Sec-WebSocket-Extensions: *(.*?) *$", client.head)
+        assert [value.decode() for value in answered] == (
+            [case.agreed] if case.agreed is not None else []
+        )
+        params = _params(case.agreed)
+        client_bits = int(params.get("client_max_window_bits") or 15)
+        server_bits = int(params.get("server_max_window_bits") or 15)
+        compress = case.agreed is not None and client_bits >= 9
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -max(9, client_bits))
+        decompressor = zlib.decompressobj(-server_bits)
+        for opcode, data in case.messages():
+            # Send one message, compressed (RSV1) if agreed, whole or fragmented.
+            if compress:
+                if "client_no_context_takeover" in params:
+                    compressor = zlib.compressobj(6, zlib.DEFLATED, -client_bits)
+                body = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+                body = body[:-4]
+            else:
+                body = data
+            size = case.fragment or max(1, len(body))
+            pieces = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
+            client.send(
+                b"".join(
+                    client_frame(
+                        opcode if i == 0 else 0,
+                        piece,
+                        fin=i == len(pieces) - 1,
+                        rsv=4 if compress and i == 0 else 0,
+                    )
+                    for i, piece in enumerate(pieces)
+                )
+            )
+            # Read the echo (possibly several frames) and inflate it.
+            b0, echo_opcode, echoed = client.read_frame()
+            while not b0 & 0x80:
+                more_b0, more_opcode, more = client.read_frame()
+                assert more_opcode == 0 and not more_b0 & 0x70
+                b0, echoed = b0 | (more_b0 & 0x80), echoed + more
+            assert echo_opcode == opcode
+            if case.agreed is not None and len(data) >= 128:
+                assert b0 & 0x40, "the server should compress messages of 128 bytes or more"
+            if b0 & 0x40:
+                if "server_no_context_takeover" in params:
+                    decompressor = zlib.decompressobj(-server_bits)
+                echoed = decompressor.decompress(echoed + b"\x00\x00\xff\xff")
+            assert echoed == data
+        client.send(CLOSE_1000)
+        assert client.read_until_close() == ([], 1000)
+        assert client.wait_eof()
+    finally:
+        client.close()
 
 
 def test_server_still_serves_after_all_cases(echo_port: int) -> None:
