@@ -21,6 +21,7 @@ extensions = [
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_mock_imports = ["gunicorn"]  # only geventws.worker needs it
 nitpicky = False
 html_theme = "furo"
 html_title = f"geventws {release}"

@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         "importing the application.",
     )
     serve.add_argument("handler", help="the handler, as module:function")
+    serve.add_argument(
+        "--wsgi",
+        metavar="MODULE:APP",
+        help="also serve this WSGI application on the same port (gevent.pywsgi): "
+        "WebSocket upgrade requests go to the handler, everything else to the app",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
     serve.add_argument(
@@ -194,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="time a client has to send its upgrade request (default 10)",
+        help="time a client has to send its upgrade request (default 10; not with --wsgi)",
     )
     serve.add_argument(
         "--close-timeout",
@@ -229,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         metavar="N",
-        help="connections served at once; beyond it HTTP 503 (default no limit)",
+        help="connections served at once; beyond it HTTP 503 (with --wsgi: new "
+        "connections wait to be accepted) (default no limit)",
     )
     _add_compression(serve)
     serve.add_argument("--certfile", help="TLS certificate (PEM) to serve wss://")
@@ -297,6 +304,7 @@ def _serve(args: argparse.Namespace) -> int:
     sys.path.insert(0, os.getcwd())
     try:
         handler = load_handler(args.handler)
+        wsgi_app = load_handler(args.wsgi) if args.wsgi else None
     except ImportFromStringError as exc:
         print(f"geventws: error: {exc}", file=sys.stderr)
         return 2
@@ -308,23 +316,30 @@ def _serve(args: argparse.Namespace) -> int:
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(args.certfile, args.keyfile)
 
+    options: dict[str, Any] = dict(
+        origins=args.origins,
+        subprotocols=args.subprotocols,
+        max_size=args.max_size,
+        max_queue=args.max_queue,
+        close_timeout=args.close_timeout,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
+        send_timeout=args.send_timeout,
+        **_compression_options(args),
+    )
     try:
-        server = WebSocketServer(
-            (args.host, args.port),
-            handler,
-            origins=args.origins,
-            subprotocols=args.subprotocols,
-            max_size=args.max_size,
-            max_queue=args.max_queue,
-            handshake_timeout=args.handshake_timeout,
-            close_timeout=args.close_timeout,
-            ping_interval=args.ping_interval,
-            ping_timeout=args.ping_timeout,
-            send_timeout=args.send_timeout,
-            max_connections=args.max_connections,
-            ssl_context=ssl_context,
-            **_compression_options(args),
-        )
+        if wsgi_app is not None:
+            server, stop = _wsgi_server(args, handler, wsgi_app, options, ssl_context)
+        else:
+            server = WebSocketServer(
+                (args.host, args.port),
+                handler,
+                handshake_timeout=args.handshake_timeout,
+                max_connections=args.max_connections,
+                ssl_context=ssl_context,
+                **options,
+            )
+            stop = server.stop
         server.start()
     except ValueError as exc:
         print(f"geventws: error: {exc}", file=sys.stderr)
@@ -341,7 +356,7 @@ def _serve(args: argparse.Namespace) -> int:
             log.warning("%s again: exiting now", name)
             os._exit(1)
         log.info("%s received: closing connections (up to %ss)", name, args.close_timeout)
-        stopping.append(gevent.spawn(server.stop, args.close_timeout))
+        stopping.append(gevent.spawn(stop, args.close_timeout))
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         gevent.signal_handler(signum, on_signal, signum)
@@ -350,6 +365,53 @@ def _serve(args: argparse.Namespace) -> int:
         greenlet.join()
     log.info("stopped")
     return 0
+
+
+def _wsgi_server(
+    args: argparse.Namespace,
+    handler: Callable[..., Any],
+    app: Callable[..., Any],
+    options: dict[str, Any],
+    ssl_context: Any,
+) -> tuple[Any, Callable[[float], None]]:
+    """``--wsgi``: a gevent.pywsgi server for ``app`` with the handler beside it, and
+    its graceful stop (WebSocket connections closed with 1001 first)."""
+    from gevent.pool import Pool
+    from gevent.pywsgi import WSGIServer
+
+    from .connection import _format_address
+    from .wsgi import WebSocketMiddleware
+
+    middleware = WebSocketMiddleware(app, handler, **options)
+    kwargs: dict[str, Any] = {}
+    if ssl_context is not None:
+        kwargs["ssl_context"] = ssl_context
+    if args.max_connections is not None:
+        kwargs["spawn"] = Pool(args.max_connections)
+
+    class LoggedWSGIServer(WSGIServer):  # type: ignore[misc]
+        def start(self) -> None:
+            super().start()
+            host, port = self.address[:2]
+            logging.getLogger("geventws.server").info(
+                "listening on %s (WSGI app and WebSocket handler)",
+                _format_address((host, port)),
+            )
+
+    server = LoggedWSGIServer(
+        (args.host, args.port),
+        middleware,
+        log=logging.getLogger("geventws.http"),
+        error_log=logging.getLogger("geventws.http"),
+        **kwargs,
+    )
+
+    def stop(timeout: float) -> None:
+        server.close()
+        middleware.close_all()
+        server.stop(timeout=timeout)
+
+    return server, stop
 
 
 def _client(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ import os
 import socket as _socket
 import time
 from collections import deque
-from typing import Any, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import gevent
 from gevent.event import AsyncResult, Event
@@ -55,9 +55,9 @@ from .exceptions import (
 )
 from .extensions import Deflate
 from .frames import CloseCode
-from .handshake import accept_response, reject_response, select_subprotocol
-from .headers import HeadersLike
-from .http11 import find_head_end
+from .handshake import accept_headers, reject_response, select_subprotocol
+from .headers import Headers, HeadersLike
+from .http11 import find_head_end, serialize_response
 from .protocol import Pong, Protocol, Side, State, prepare_frame
 from .request import Request
 
@@ -133,6 +133,20 @@ def read_head(sock: Any, chunk: int = 16384) -> Optional[tuple[bytes, bytes]]:
             return bytes(buffer[:end]), bytes(buffer[end:])
 
 
+class HandshakeAnswer:
+    """How a server connection answers its opening handshake. The default (``None``
+    in :meth:`Connection._prepare`) writes to the socket; the WSGI glue answers through
+    the WSGI server instead (see :mod:`geventws.wsgi`)."""
+
+    def accept(self, headers: Headers) -> bytes:
+        """Send 101 with ``headers``; return bytes already read past the request."""
+        raise NotImplementedError
+
+    def reject(self, status: int, body: bytes, headers: Optional[HeadersLike]) -> None:
+        """Answer an HTTP error ``status`` with ``body``."""
+        raise NotImplementedError
+
+
 class Connection:
     """A WebSocket connection with a blocking, greenlet-friendly API.
 
@@ -187,6 +201,7 @@ class Connection:
         self._leftover = b""
         self._supported_subprotocols: tuple[str, ...] = ()
         self._deflate: Optional[tuple[str, Deflate]] = None
+        self._answer: Optional[HandshakeAnswer] = None
         #: The negotiated ``Sec-WebSocket-Extensions`` value (permessage-deflate and its
         #: parameters), or ``None`` without compression; set when the handshake completes.
         self.extensions: Optional[str] = None
@@ -223,12 +238,14 @@ class Connection:
         leftover: bytes,
         subprotocols: tuple[str, ...],
         deflate: Optional[tuple[str, Deflate]] = None,
+        answer: Optional[HandshakeAnswer] = None,
     ) -> None:
         """Server side: remember what :meth:`accept` needs (called by the server)."""
         self._key = key
         self._leftover = leftover
         self._supported_subprotocols = subprotocols
         self._deflate = deflate
+        self._answer = answer
 
     def accept(
         self, subprotocol: Optional[str] = None, headers: Optional[HeadersLike] = None
@@ -250,15 +267,19 @@ class Connection:
         elif subprotocol not in self.request.subprotocols:
             raise ValueError(f"the client did not offer subprotocol {subprotocol!r}")
         agreed, deflate = self._deflate if self._deflate is not None else (None, None)
-        response = accept_response(self._key, subprotocol, agreed, headers=headers)
+        fields = accept_headers(self._key, subprotocol, agreed, headers=headers)
         self._handshake = _ACCEPTED
         self.subprotocol = subprotocol
         self.extensions = agreed
         with gevent.Timeout(
             self.close_timeout, ConnectionClosedError(1006, "handshake write timed out")
         ):
-            self._sock.sendall(response)
-        leftover, self._leftover = self._leftover, b""
+            if self._answer is not None:
+                leftover = self._answer.accept(fields)
+            else:
+                self._sock.sendall(serialize_response(101, fields))
+                leftover = self._leftover
+        self._leftover = b""
         self._start(Protocol(Side.SERVER, max_size=self.max_size, deflate=deflate), leftover)
         if self.logger.isEnabledFor(logging.INFO):
             self.logger.info(
@@ -293,7 +314,10 @@ class Connection:
                 self.request.target,
                 status,
             )
-        refuse(self._sock, status, body, headers, self.close_timeout)
+        if self._answer is not None:
+            self._answer.reject(status, body.encode() if isinstance(body, str) else body, headers)
+        else:
+            refuse(self._sock, status, body, headers, self.close_timeout)
 
     def _start(self, protocol: Protocol, leftover: bytes = b"") -> None:
         """Begin the open phase on ``protocol``; ``leftover`` are bytes already read."""
@@ -925,6 +949,48 @@ class _Prepared:
         if self._plain is None:
             self._plain = prepare_frame(self.data, self.binary)
         return self._plain, False
+
+
+def run_handler(
+    handler: Callable[[Connection, Any], Any], connection: Connection, logger: logging.Logger
+) -> None:
+    """Run ``handler(connection, request)`` the way every server does: a closed
+    connection ends it quietly; an exception is logged at ERROR and answered with 500
+    before the handshake, 1011 after; a handler that returns gets its connection closed
+    (1000). ``GreenletExit`` and other ``BaseException`` pass through."""
+    request = connection.request
+    try:
+        handler(connection, request)
+    except ConnectionClosed as exc:
+        logger.debug("handler ended by a closed connection: %s", exc)
+    except Exception:
+        logger.error(
+            "handler failed: %s %s",
+            _format_address(connection.remote_address),
+            getattr(request, "target", "-"),
+            exc_info=True,
+        )
+        if connection._protocol is None:
+            if not connection.closed:
+                connection.reject(500, "Internal Server Error\n")
+            return
+        connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        return
+    connection.close()
+
+
+def end_connection(connection: Connection, started: float, logger: logging.Logger) -> None:
+    """Release ``connection`` after its handler (never raises): socket closed, no
+    greenlet left, and the INFO line ``connection closed`` for an opened connection."""
+    connection._abort()
+    if connection.close_code is not None and logger.isEnabledFor(logging.INFO):
+        logger.info(
+            "connection closed: %s %s code=%d duration=%.3fs",
+            _format_address(connection.remote_address),
+            getattr(connection.request, "target", "-"),
+            connection.close_code,
+            time.monotonic() - started,
+        )
 
 
 def broadcast(

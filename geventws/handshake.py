@@ -22,7 +22,9 @@ __all__ = [
     "accept_key",
     "generate_key",
     "check_request",
+    "accept_headers",
     "accept_response",
+    "error_headers",
     "reject_response",
     "select_subprotocol",
     "client_request",
@@ -106,13 +108,13 @@ def select_subprotocol(offered: Sequence[str], supported: Sequence[str]) -> Opti
     return None
 
 
-def accept_response(
+def accept_headers(
     key: str,
     subprotocol: Optional[str] = None,
     extensions: Optional[str] = None,
     headers: Optional[HeadersLike] = None,
-) -> bytes:
-    """The 101 Switching Protocols answer to a request carrying ``key``."""
+) -> Headers:
+    """The header fields of the 101 Switching Protocols answer to ``key``."""
     fields = Headers(
         [
             ("Upgrade", "websocket"),
@@ -126,20 +128,37 @@ def accept_response(
         fields.add("Sec-WebSocket-Extensions", extensions)
     if headers is not None:
         fields.update(headers)
-    return serialize_response(101, fields)
+    return fields
+
+
+def accept_response(
+    key: str,
+    subprotocol: Optional[str] = None,
+    extensions: Optional[str] = None,
+    headers: Optional[HeadersLike] = None,
+) -> bytes:
+    """The 101 Switching Protocols answer to a request carrying ``key``."""
+    return serialize_response(101, accept_headers(key, subprotocol, extensions, headers))
+
+
+def error_headers(body: bytes, headers: Optional[HeadersLike] = None) -> Headers:
+    """The header fields of an HTTP error answer with ``body``: ``headers``, then
+    ``text/plain`` unless they give another ``Content-Type``, and ``Content-Length``."""
+    fields = Headers(headers) if headers is not None else Headers()
+    if "Content-Type" not in fields:
+        fields.add("Content-Type", "text/plain; charset=utf-8")
+    fields["Content-Length"] = str(len(body))
+    return fields
 
 
 def reject_response(
     status: int, body: str | bytes = b"", headers: Optional[HeadersLike] = None
 ) -> bytes:
-    """An HTTP error answer that ends the connection: ``Connection: close``, the body as
-    ``text/plain`` unless ``headers`` give another ``Content-Type``."""
+    """An HTTP error answer that ends the connection: :func:`error_headers` and
+    ``Connection: close``."""
     if isinstance(body, str):
         body = body.encode("utf-8")
-    fields = Headers(headers) if headers is not None else Headers()
-    if "Content-Type" not in fields:
-        fields.add("Content-Type", "text/plain; charset=utf-8")
-    fields["Content-Length"] = str(len(body))
+    fields = error_headers(body, headers)
     fields["Connection"] = "close"
     return serialize_response(status, fields, body)
 

@@ -19,12 +19,19 @@ import gevent.ssl
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from .connection import Connection, _format_address, read_head, refuse
-from .exceptions import ConnectionClosed, InvalidRequest
-from .extensions import deflate_options, negotiate_server
+from .connection import (
+    Connection,
+    _format_address,
+    end_connection,
+    read_head,
+    refuse,
+    run_handler,
+)
+from .exceptions import InvalidRequest
+from .extensions import Deflate, DeflateOptions, deflate_options, negotiate_server
 from .frames import CloseCode
 from .handshake import check_request
-from .http11 import parse_request
+from .http11 import RequestHead, parse_request
 from .protocol import Side
 from .request import Request
 
@@ -195,16 +202,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
                 sock.close()
             else:
                 self.connections.discard(connection)
-                connection._abort()
-                if connection.close_code is not None:
-                    assert connection.request is not None
-                    logger.info(
-                        "connection closed: %s %s code=%d duration=%.3fs",
-                        _format_address(address),
-                        connection.request.target,
-                        connection.close_code,
-                        time.monotonic() - started,
-                    )
+                end_connection(connection, started, logger)
 
     def _handshake(self, sock: Any, address: Any) -> Optional[Connection]:
         """Read and validate the upgrade request; answer errors; return the connection
@@ -227,12 +225,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             raw_head, leftover = received
             head = parse_request(raw_head)
             request = Request(head.method, head.target, head.headers, address)
-            key = check_request(head)
-            if self.origins is not None and request.origin not in self.origins:
-                raise InvalidRequest(403, f"origin {request.origin!r} not allowed")
-            deflate = None
-            if self.deflate_options is not None:
-                deflate = negotiate_server(head.headers, self.deflate_options)
+            key, deflate = check_upgrade(head, request, self.origins, self.deflate_options)
             connection = Connection(
                 sock,
                 Side.SERVER,
@@ -271,27 +264,27 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
                 sock.close()
 
     def _run_handler(self, connection: Connection) -> None:
-        request = connection.request
-        assert request is not None
         self.connections.add(connection)
-        try:
-            self.handler(connection, request)
-        except ConnectionClosed as exc:
-            logger.debug("handler ended by a closed connection: %s", exc)
-        except Exception:
-            logger.error(
-                "handler failed: %s %s",
-                _format_address(connection.remote_address),
-                request.target,
-                exc_info=True,
-            )
-            if connection._protocol is None:
-                if not connection.closed:
-                    connection.reject(500, "Internal Server Error\n")
-                return
-            connection.close(CloseCode.INTERNAL_ERROR, "internal error")
-            return
-        connection.close()
+        run_handler(self.handler, connection, logger)
+
+
+def check_upgrade(
+    head: RequestHead,
+    request: Request,
+    origins: Optional[frozenset[Optional[str]]],
+    deflate_options: Optional[DeflateOptions],
+) -> tuple[str, Optional[tuple[str, Deflate]]]:
+    """Every server's checks of an upgrade request: RFC 6455 (:func:`check_request`),
+    the allowed ``origins`` (403) and the compression offers (400 when invalid).
+    Returns the client's key and the negotiated compression; raises
+    :class:`InvalidRequest` with the status to answer."""
+    key = check_request(head)
+    if origins is not None and request.origin not in origins:
+        raise InvalidRequest(403, f"origin {request.origin!r} not allowed")
+    deflate = None
+    if deflate_options is not None:
+        deflate = negotiate_server(head.headers, deflate_options)
+    return key, deflate
 
 
 def serve(

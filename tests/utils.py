@@ -13,12 +13,15 @@ from __future__ import annotations
 import base64
 import gc
 import os
+import re
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
 import weakref
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import gevent
@@ -43,13 +46,21 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 
 class ServerThread:
-    """A :class:`WebSocketServer` on 127.0.0.1 (a free port), in a thread of its own."""
+    """A :class:`WebSocketServer` on 127.0.0.1 (a free port), in a thread of its own;
+    or another gevent server made by ``factory(address, handler, **options)``, such as
+    ``gevent.pywsgi.WSGIServer`` with a WSGI application as ``handler``."""
 
-    def __init__(self, handler: Callable[..., Any], **options: Any) -> None:
+    def __init__(
+        self,
+        handler: Callable[..., Any],
+        factory: Callable[..., Any] = WebSocketServer,
+        **options: Any,
+    ) -> None:
         self.handler = handler
+        self.factory = factory
         self.options = options
         self.port = 0
-        self.server: Optional[WebSocketServer] = None
+        self.server: Any = None
         self.leftover_greenlets: list[Any] = []
         self._ready = threading.Event()
         self._error: Optional[BaseException] = None
@@ -65,7 +76,7 @@ class ServerThread:
 
     def _run(self) -> None:
         try:
-            self.server = WebSocketServer(("127.0.0.1", 0), self.handler, **self.options)
+            self.server = self.factory(("127.0.0.1", 0), self.handler, **self.options)
             self.server.start()
             self.port = self.server.server_port
             self.hub = gevent.get_hub()
@@ -90,6 +101,10 @@ class ServerThread:
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def call(self, function: Callable[[], Any]) -> None:
         """Run ``function`` in a new greenlet of the server's hub (thread-safe)."""
@@ -225,3 +240,27 @@ class RawClient:
 
 def print_err(*args: Any) -> None:
     print(*args, file=sys.stderr)
+
+
+def start_serve_command(args: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``geventws serve ARGS --port 0`` with its log in ``log_path`` (a file, not
+    a pipe: nobody has to drain it); return the process and the port it listens on."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "geventws", "serve", *args, "--port", "0"],
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    port = 0
+
+    def listening() -> bool:
+        nonlocal port
+        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", log_path.read_text())
+        port = int(match.group(1)) if match else 0
+        return bool(port) or process.poll() is not None
+
+    if not (wait_for(listening, timeout=30) and port):
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"geventws serve did not start: {log_path.read_text()}")
+    return process, port

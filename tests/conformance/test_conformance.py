@@ -4,18 +4,15 @@ the categories)."""
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-import subprocess
-import sys
 import zlib
 from collections.abc import Iterator
 from typing import Optional
 
 import pytest
 
-from ..utils import RawClient, client_frame, wait_for
+from ..utils import RawClient, client_frame, start_serve_command
 from .cases import Case, all_cases
 from .deflate_cases import DeflateCase, all_deflate_cases
 
@@ -26,34 +23,11 @@ DEFLATE_CASES = all_deflate_cases()
 @pytest.fixture(scope="module")
 def echo_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     log_path = tmp_path_factory.mktemp("conformance") / "server.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "geventws",
-                "serve",
-                "geventws.examples.echo:handle",
-                "--port",
-                "0",
-                "--max-size",
-                "16MiB",
-                "--close-timeout",
-                "5",
-            ],
-            stderr=log,  # a file, not a pipe: nobody has to drain it
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    process, port = start_serve_command(
+        ["geventws.examples.echo:handle", "--max-size", "16MiB", "--close-timeout", "5"],
+        log_path,
+    )
     try:
-        port = 0
-
-        def listening() -> bool:
-            nonlocal port
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", log_path.read_text())
-            port = int(match.group(1)) if match else 0
-            return bool(port) or process.poll() is not None
-
-        assert wait_for(listening, timeout=30) and port, log_path.read_text()
         yield port
     finally:
         process.terminate()
