@@ -1,14 +1,25 @@
-/* Compiled fast path for geventws: XOR-unmasking of frame payloads (RFC 6455 5.3).
+/* Compiled fast paths for geventws.
  *
- * apply_mask(data, mask) -> bytes. `data` is any bytes-like object, `mask` exactly four
- * bytes. The pure-Python fallback in frames.py gives the same results; the tests run
- * both. Works eight bytes at a time through memcpy, which compilers turn into plain
- * unaligned loads and stores (and vectorise).
+ * apply_mask(data, mask) -> bytes: XOR-unmasking of frame payloads (RFC 6455 5.3).
+ * `data` is any bytes-like object, `mask` exactly four bytes. The pure-Python fallback
+ * in frames.py gives the same results; the tests run both. Works eight bytes at a time
+ * through memcpy, which compilers turn into plain unaligned loads and stores (and
+ * vectorise).
+ *
+ * send_nowait(fds, data) -> list[tuple[int, int]]: one non-blocking send(2) of `data`
+ * on each socket descriptor, for broadcasts. Returns only the sends that did not take
+ * all of `data`, as (index in fds, bytes sent, 0 when it would block, or -errno).
+ * Never blocks and never raises SIGPIPE. The fallback in connection.py does the same
+ * with os.write.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#ifndef _WIN32
+#include <sys/socket.h>
+#endif
 
 static PyObject *
 apply_mask(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -59,9 +70,83 @@ done:
     return result;
 }
 
+#ifndef _WIN32
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0 /* Python ignores SIGPIPE anyway */
+#endif
+
+static PyObject *
+send_nowait(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *fds, *result = NULL;
+    Py_buffer data;
+    Py_ssize_t i, count;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "send_nowait() takes fds and data");
+        return NULL;
+    }
+    fds = PySequence_Fast(args[0], "fds must be a sequence of descriptors");
+    if (fds == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &data, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(fds);
+        return NULL;
+    }
+    count = PySequence_Fast_GET_SIZE(fds);
+    result = PyList_New(0);
+    if (result == NULL)
+        goto done;
+    for (i = 0; i < count; i++) {
+        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(fds, i));
+        ssize_t sent;
+        long value;
+        PyObject *item;
+        int failed;
+
+        if (fd == -1 && PyErr_Occurred()) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        do {
+            sent = send((int)fd, data.buf, (size_t)data.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        } while (sent < 0 && errno == EINTR);
+        if (sent == data.len)
+            continue;
+        if (sent >= 0)
+            value = (long)sent;
+        else if (errno == EAGAIN || errno == EWOULDBLOCK)
+            value = 0;
+        else
+            value = -(long)errno;
+        item = Py_BuildValue("(nl)", i, value);
+        if (item == NULL) {
+            Py_CLEAR(result);
+            goto done;
+        }
+        failed = PyList_Append(result, item);
+        Py_DECREF(item);
+        if (failed) {
+            Py_CLEAR(result);
+            goto done;
+        }
+    }
+
+done:
+    PyBuffer_Release(&data);
+    Py_DECREF(fds);
+    return result;
+}
+#endif
+
 static PyMethodDef speedups_methods[] = {
     {"apply_mask", (PyCFunction)(void (*)(void))apply_mask, METH_FASTCALL,
      "apply_mask(data, mask) -> bytes: XOR data with the 4-byte mask repeated."},
+#ifndef _WIN32
+    {"send_nowait", (PyCFunction)(void (*)(void))send_nowait, METH_FASTCALL,
+     "send_nowait(fds, data) -> [(index, sent)] for the sends that did not take all of"
+     " data (sent 0: would block, <0: -errno)."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,5 +1,6 @@
-from typing import Union
+from typing import Sequence, Union
 
 def apply_mask(
     data: Union[bytes, bytearray, memoryview], mask: Union[bytes, bytearray, memoryview]
 ) -> bytes: ...
+def send_nowait(fds: Sequence[int], data: bytes) -> list[tuple[int, int]]: ...

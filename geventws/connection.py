@@ -40,7 +40,7 @@ import os
 import socket as _socket
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import gevent
 from gevent.event import AsyncResult, Event
@@ -215,7 +215,11 @@ class Connection:
         # A plain gevent socket wraps a non-blocking OS socket: writes try it directly
         # first (TLS sockets always go through gevent's wrapper).
         raw = getattr(sock, "_sock", None) if self._ssl_pending is None else None
-        self._send_nowait = raw.send if raw is not None and raw.gettimeout() == 0.0 else None
+        if raw is None or raw.gettimeout() != 0.0:
+            raw = None
+        self._send_nowait = raw.send if raw is not None else None
+        # Server connections on plain sockets take a broadcast's shared frame directly.
+        self._broadcast_raw = raw if side is Side.SERVER else None
         self._closer: Optional[Any] = None
         self._done = False
         # Keepalive: a periodic timer and a deadline timer, no greenlet while idle.
@@ -595,24 +599,20 @@ class Connection:
             frame, compressed = prepared.frame_for(deflate)
             if compressed:
                 deflate.forget_context()  # type: ignore[union-attr]
-            sent = 0
-            if (
-                self._send_nowait is not None
-                and not protocol.output_pending
-                and not self._write_lock.locked()
-            ):
-                # Nothing is queued or being written before it: try the socket now.
-                try:
-                    sent = self._send_nowait_or_zero(frame)
-                except OSError:
-                    return False  # the reading side reports the lost connection
-            if sent == len(frame):
-                return True
-            protocol.send_frame(frame[sent:] if sent else frame)
-            self._unflushed += len(frame) - sent
-        if self._flush_cb is None:  # the rest is written in the background
+            self._queue_frame(frame, 0)
+            return True
+        if self._flush_cb is None:  # written in the background
             self._flush_cb = self._loop.run_callback(self._flush_soon)
         return True
+
+    def _queue_frame(self, frame: bytes, sent: int) -> None:
+        """Queue what is left of a shared frame of which ``sent`` bytes were written
+        directly, to be written in the background."""
+        assert self._protocol is not None
+        self._protocol.send_frame(frame[sent:] if sent else frame)
+        self._unflushed += len(frame) - sent
+        if self._flush_cb is None:
+            self._flush_cb = self._loop.run_callback(self._flush_soon)
 
     def _send_nowait_or_zero(self, data: bytes) -> int:
         """Write what a plain socket takes right now; 0 if it would block."""
@@ -1022,14 +1022,99 @@ def broadcast(
         data.decode("utf-8")  # UnicodeDecodeError is a ValueError
     prepared = _Prepared(data, binary, compress)
     queued = 0
-    for connection in list(connections):
+    # Connections that can take a shared frame right now (server side, plain socket,
+    # open, nothing queued or being written) get it in one batch of non-blocking sends
+    # per frame: the plain one, and one per compression setting. The others go through
+    # their queues.
+    plain: _Batch = ([], [], None)
+    batches: dict[Optional[tuple[int, int, int]], _Batch] = {None: plain}
+    size = len(data)
+    open_ = State.OPEN
+    for connection in connections if isinstance(connections, (set, list)) else list(connections):
+        # (Nothing in this loop switches greenlets or runs user code: the set can't change.)
         try:
+            raw = connection._broadcast_raw
+            protocol = connection._protocol
+            if (
+                raw is not None
+                and protocol is not None
+                and protocol.state is open_
+                and not connection._done
+                and not protocol._output  # nothing queued before it
+                and not connection._write_lock.locked()  # nor being written
+            ):
+                fd = raw.fileno()  # -1 once closed: never another socket's descriptor
+                if fd >= 0:
+                    deflate = protocol.deflate
+                    if deflate is None or not deflate.wants(size, compress):
+                        batch = plain
+                    else:
+                        found = batches.get(deflate.settings)
+                        if found is None:
+                            found = batches[deflate.settings] = ([], [], deflate)
+                        batch = found
+                        deflate.forget_context()  # the shared frame is a fresh stream
+                    batch[0].append(connection)
+                    batch[1].append(fd)
+                    continue
             queued += connection._send_prepared(prepared, limit)
         except Exception as exc:  # one bad connection must not stop the broadcast
-            logging.getLogger("geventws.server").debug(
-                "broadcast to %r failed: %s", connection, exc
-            )
+            _log_broadcast_failure(connection, exc)
+    # Nothing ran since the descriptors were collected (no greenlet switch), so each
+    # one still belongs to its connection.
+    for direct, fds, codec in batches.values():
+        if fds:
+            queued += _send_batch(direct, fds, prepared.frame_for(codec)[0])
     return queued
+
+
+#: Connections taking one shared frame: them, their descriptors, the codec it is for.
+_Batch = tuple[list[Connection], list[int], Optional[Deflate]]
+
+
+def _send_batch(direct: list[Connection], fds: list[int], frame: bytes) -> int:
+    """Write ``frame`` to each connection's descriptor at once, queue what a socket
+    didn't take; return how many connections have the frame written or queued."""
+    queued = len(fds)
+    for index, sent in send_nowait(fds, frame):  # the sends that didn't take it all
+        if sent < 0:  # the connection is lost; its reading side reports it
+            queued -= 1
+            continue
+        try:  # the socket took part of it, or nothing: queue the rest
+            direct[index]._queue_frame(frame, sent)
+        except Exception as exc:
+            queued -= 1
+            _log_broadcast_failure(direct[index], exc)
+    return queued
+
+
+def _log_broadcast_failure(connection: Connection, exc: Exception) -> None:
+    logging.getLogger("geventws.server").debug("broadcast to %r failed: %s", connection, exc)
+
+
+def _send_nowait_python(fds: Sequence[int], data: bytes) -> list[tuple[int, int]]:
+    """:func:`send_nowait` without the compiled module: ``os.write`` on each
+    non-blocking socket (Python ignores SIGPIPE, so a closed peer is EPIPE). Returns
+    ``(index, sent)`` for the writes that did not take all of ``data``: ``sent`` is 0
+    when the socket would block, ``-errno`` on errors."""
+    incomplete = []
+    for index, fd in enumerate(fds):
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            sent = -(exc.errno or 1)
+        if sent != len(data):
+            incomplete.append((index, sent))
+    return incomplete
+
+
+send_nowait: Callable[[Sequence[int], bytes], list[tuple[int, int]]]
+try:
+    from ._speedups import send_nowait
+except ImportError:  # pragma: no cover - built without a compiler, or on Windows
+    send_nowait = _send_nowait_python
 
 
 def _format_address(address: Optional[tuple[Any, ...]]) -> str:

@@ -18,18 +18,29 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable
 
 from bench_echo import BENCH, Server, cpu_seconds, raise_fd_limit, report
 
-SCENARIOS = [(1000, 200), (10000, 20)]  # (clients, messages)
+#: (label, clients, messages, compressed): 64-byte messages, then 1 KiB JSON-like
+#: messages to clients that all negotiated permessage-deflate.
+SCENARIOS = [
+    ("1000", 1000, 200, False),
+    ("10000", 10000, 20, False),
+    ("1000 deflate", 1000, 50, True),
+]
 
 
-def command(name: str, port: int) -> list[str]:
-    return [sys.executable, str(BENCH / "broadcast_app.py"), name, str(port)]
+def command_for(compressed: bool) -> Callable[[str, int], list[str]]:
+    def command(name: str, port: int) -> list[str]:
+        mode = ["deflate"] if compressed else []
+        return [sys.executable, str(BENCH / "broadcast_app.py"), name, str(port), *mode]
+
+    return command
 
 
-def run(name: str, clients: int, messages: int) -> tuple[float, float]:
-    server = Server(name, command)
+def run(name: str, clients: int, messages: int, compressed: bool) -> tuple[float, float]:
+    server = Server(name, command_for(compressed))
     try:
         process = subprocess.Popen(
             [
@@ -39,6 +50,7 @@ def run(name: str, clients: int, messages: int) -> tuple[float, float]:
                 server.url,
                 str(clients),
                 str(messages),
+                str(int(compressed)),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -67,13 +79,13 @@ def main() -> int:
     raise_fd_limit()
     results: dict[tuple[int, str], list[tuple[float, float]]] = {}
     for round_ in range(args.rounds):
-        for clients, messages in SCENARIOS:
+        for label, clients, messages, compressed in SCENARIOS:
             for name in ("geventws", "websockets"):
-                rate, per_cpu = run(name, clients, messages)
-                results.setdefault((clients, name), []).append((rate, per_cpu))
+                rate, per_cpu = run(name, clients, messages, compressed)
+                results.setdefault((label, name), []).append((rate, per_cpu))
                 print(
-                    f"round {round_ + 1} {clients:6} clients {name:10} {rate:12,.0f} deliveries/s"
-                    f" {per_cpu:12,.0f} per server CPU-s",
+                    f"round {round_ + 1} {label:12} clients {name:10} {rate:12,.0f} "
+                    f"deliveries/s {per_cpu:12,.0f} per server CPU-s",
                     flush=True,
                 )
     caption = (
@@ -82,15 +94,15 @@ def main() -> int:
     )
     header = ["clients", "server", "deliveries/s", "per server CPU-second", "geventws ratio (CPU)"]
     rows = []
-    for clients, _ in SCENARIOS:
+    for label, *_ in SCENARIOS:
         ours, theirs = (
-            [statistics.median(r[i] for r in results[(clients, name)]) for i in (0, 1)]
+            [statistics.median(r[i] for r in results[(label, name)]) for i in (0, 1)]
             for name in ("geventws", "websockets")
         )
-        rows.append([str(clients), "geventws", f"{ours[0]:,.0f}", f"{ours[1]:,.0f}", ""])
+        rows.append([label, "geventws", f"{ours[0]:,.0f}", f"{ours[1]:,.0f}", ""])
         rows.append(
             [
-                str(clients),
+                label,
                 "websockets",
                 f"{theirs[0]:,.0f}",
                 f"{theirs[1]:,.0f}",

@@ -3,6 +3,7 @@ broadcast, and leaks after thousands of connections."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import logging
 import queue
@@ -185,7 +186,9 @@ def test_broadcast_reaches_everyone_and_skips_slow_clients(serve: Any) -> None:
 
 def test_broadcast_never_raises() -> None:
     class Broken:
-        def _send_prepared(self, frame: bytes, data: bytes, binary: bool, limit: int) -> bool:
+        _broadcast_raw = None
+
+        def _send_prepared(self, prepared: object, limit: int) -> bool:
             raise RuntimeError("boom")
 
     assert geventws.broadcast([Broken()], "x") == 0  # type: ignore[list-item]
@@ -222,3 +225,40 @@ def test_thousands_of_connections_leave_nothing_behind(serve: Any) -> None:
     server.call(count)
     assert counts.get(timeout=10) == 0
     # The fixture then checks file descriptors and greenlets.
+
+
+@pytest.mark.parametrize("implementation", ["compiled", "python"])
+def test_send_nowait_reports_sent_would_block_and_errors(implementation: str) -> None:
+    """The batch of non-blocking sends behind broadcast(), in both implementations."""
+    from geventws import connection as module
+
+    if implementation == "compiled":
+        if module.send_nowait is module._send_nowait_python:
+            pytest.skip("the compiled accelerator is not built")
+        send_nowait = module.send_nowait
+    else:
+        send_nowait = module._send_nowait_python
+    ok, ok_peer = socket.socketpair()
+    full, full_peer = socket.socketpair()
+    dead, dead_peer = socket.socketpair()
+    closed, _ = socket.socketpair()
+    try:
+        for sock in (ok, full, dead):
+            sock.setblocking(False)
+        while True:  # fill one socket's buffers
+            try:
+                full.send(b"x" * 65536)
+            except BlockingIOError:
+                break
+        dead_peer.close()
+        closed_fd = closed.fileno()
+        closed.close()
+        fds = [ok.fileno(), full.fileno(), dead.fileno(), closed_fd]
+        incomplete = dict(send_nowait(fds, b"hello"))
+        assert ok_peer.recv(10) == b"hello" and 0 not in incomplete  # complete: not listed
+        assert incomplete[1] == 0  # would block
+        assert incomplete[2] in (-errno.EPIPE, -errno.ECONNRESET)
+        assert incomplete[3] == -errno.EBADF
+    finally:
+        for sock in (ok, ok_peer, full, full_peer, dead):
+            sock.close()

@@ -1,18 +1,27 @@
 """Broadcast servers for scripts/bench_broadcast.py.
 
-    python broadcast_app.py geventws PORT
-    python broadcast_app.py websockets PORT
+    python broadcast_app.py geventws|websockets PORT [deflate]
 
 Each keeps the set of connected clients; when a client sends ``go N``, the server
 broadcasts N 64-byte messages to every client, yielding between two broadcasts (as a
-ticker greenlet or task would).
+ticker greenlet or task would). With ``deflate``, the messages are 1 KiB of JSON-like
+text and both servers negotiate permessage-deflate with their default settings:
+geventws compresses each message once for all clients, websockets once per client.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 
-PAYLOAD = "x" * 64
+DEFLATE = sys.argv[3:4] == ["deflate"]
+PAYLOAD = (
+    json.dumps([{"id": i, "user": f"user{i % 50}", "value": i * 37 % 1000} for i in range(30)])[
+        :1024
+    ]
+    if DEFLATE
+    else "x" * 64
+)
 
 
 def run_geventws(port: int) -> None:
@@ -37,7 +46,14 @@ def run_geventws(port: int) -> None:
         finally:
             clients.discard(connection)
 
-    geventws.serve(handle, "127.0.0.1", port, ping_interval=None, backlog=2048)
+    geventws.serve(
+        handle,
+        "127.0.0.1",
+        port,
+        ping_interval=None,
+        backlog=2048,
+        compression="deflate" if DEFLATE else None,
+    )
 
 
 def run_websockets(port: int) -> None:
@@ -60,7 +76,12 @@ def run_websockets(port: int) -> None:
 
     async def main() -> None:
         async with serve(
-            handle, "127.0.0.1", port, compression=None, ping_interval=None, backlog=2048
+            handle,
+            "127.0.0.1",
+            port,
+            compression="deflate" if DEFLATE else None,
+            ping_interval=None,
+            backlog=2048,
         ):
             await asyncio.Future()
 

@@ -101,11 +101,11 @@ function idle(url, connections, hold, compress) {
   for (let i = 0; i < 200; i++) openOne();
 }
 
-// node loadgen.js broadcast URL CONNECTIONS MESSAGES
+// node loadgen.js broadcast URL CONNECTIONS MESSAGES [COMPRESS]
 //   opens CONNECTIONS clients, then asks the server (first client sends "go MESSAGES")
 //   to broadcast MESSAGES messages to all; prints {"deliveries": D, "seconds": S}, S
-//   from the request to the last delivery.
-function broadcastRun(url, connections, messages) {
+//   from the request to the last delivery. COMPRESS=1 negotiates permessage-deflate.
+function broadcastRun(url, connections, messages, compress) {
   let opened = 0, next = 0, delivered = 0, started = 0n;
   const expected = connections * messages;
   const sockets = [];
@@ -118,7 +118,7 @@ function broadcastRun(url, connections, messages) {
   function openOne() {
     if (next >= connections) return;
     next++;
-    const ws = new WebSocket(url, { perMessageDeflate: false });
+    const ws = new WebSocket(url, { perMessageDeflate: deflateOption(compress) });
     sockets.push(ws);
     ws.on('message', () => { delivered++; if (delivered === expected) finish(true); });
     ws.on('error', (e) => { console.error(String(e)); });
@@ -140,5 +140,5 @@ function broadcastRun(url, connections, messages) {
 const [cmd, ...args] = process.argv.slice(2);
 if (cmd === 'echo') echo(args[0], +args[1], +args[2], +args[3], +args[4], args[5], args[6]);
 else if (cmd === 'idle') idle(args[0], +args[1], +args[2], args[3]);
-else if (cmd === 'broadcast') broadcastRun(args[0], +args[1], +args[2]);
+else if (cmd === 'broadcast') broadcastRun(args[0], +args[1], +args[2], args[3]);
 else { console.error('usage: loadgen.js echo|idle ...'); process.exit(2); }
