@@ -25,6 +25,7 @@ from websockets.sync.server import ServerConnection
 
 import geventws
 from geventws import Connection, InvalidResponse, Request
+from geventws import connection as connection_module
 from geventws.examples.echo import handle as echo
 
 from .utils import RawClient, client_frame, wait_for
@@ -257,9 +258,15 @@ def test_geventws_both_ends_with_send_override(serve: Any) -> None:
 # -- broadcast with mixed compression ---------------------------------------------------
 
 
-def test_broadcast_to_compressed_and_plain_clients(serve: Any) -> None:
+@pytest.mark.parametrize("implementation", ["compiled", "python"])
+def test_broadcast_to_compressed_and_plain_clients(
+    serve: Any, monkeypatch: pytest.MonkeyPatch, implementation: str
+) -> None:
     """One broadcast reaches clients with and without compression; each connection's
-    own messages afterwards still decode (its context was dropped correctly)."""
+    own messages afterwards still decode (its context was dropped correctly). With the
+    compiled batch of sends and with its pure-Python fallback."""
+    if implementation == "python":
+        monkeypatch.setattr(connection_module, "send_nowait", connection_module._send_nowait_python)
     holder: dict[str, Any] = {}
 
     def handler(connection: Connection, request: Request) -> None:
