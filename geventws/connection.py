@@ -324,14 +324,20 @@ class Connection:
         self._handshake = _ACCEPTED
         self.subprotocol = subprotocol
         self.extensions = agreed
-        with gevent.Timeout(
-            self.close_timeout, ConnectionClosedError(1006, "handshake write timed out")
-        ):
-            if self._answer is not None:
-                leftover = self._answer.accept(fields)
-            else:
-                self._sock.sendall(serialize_response(101, fields))
-                leftover = self._leftover
+        try:
+            with gevent.Timeout(
+                self.close_timeout, ConnectionClosedError(1006, "handshake write timed out")
+            ):
+                if self._answer is not None:
+                    leftover = self._answer.accept(fields)
+                else:
+                    self._sock.sendall(serialize_response(101, fields))
+                    leftover = self._leftover
+        except (OSError, ConnectionClosedError) as exc:
+            self._done = True  # the connection never opened: closed, with 1006
+            if isinstance(exc, ConnectionClosedError):
+                raise
+            raise ConnectionClosedError(1006, f"handshake write failed: {exc}") from exc
         self._leftover = b""
         self._start(Protocol(Side.SERVER, max_size=self.max_size, deflate=deflate), leftover)
         if self.logger.isEnabledFor(logging.INFO):
@@ -393,6 +399,8 @@ class Connection:
         if protocol is None:
             if self._handshake is _REJECTED:
                 raise InvalidState("the connection was rejected")
+            if self._done:  # the handshake's answer could not be written
+                raise self._closed_error()
             self.accept()
             protocol = self._protocol
             assert protocol is not None
@@ -787,7 +795,7 @@ class Connection:
         code that may not be sent (1004-1006, 1015, under 1000, 1016-2999, over 4999).
         """
         if self._protocol is None:
-            if self._handshake is _REJECTED:
+            if self._handshake is _REJECTED or self._done:
                 return
             self.accept()
         protocol = self._protocol
@@ -923,7 +931,7 @@ class Connection:
         """True once the closing handshake started or the connection was lost or rejected."""
         protocol = self._protocol
         if protocol is None:
-            return self._handshake is _REJECTED
+            return self._handshake is _REJECTED or self._done
         return self._done or protocol.state is not State.OPEN
 
     @property

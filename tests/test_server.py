@@ -566,3 +566,15 @@ def test_client_vanishing_during_handshake_is_quiet(serve: Any, caplog: Any) -> 
         ws.send("x")
         assert ws.recv() == "x"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_applications_may_attach_attributes_to_connections(serve: Any) -> None:
+    seen: queue.Queue[Any] = queue.Queue()
+
+    def handler(connection: Connection, request: Request) -> None:
+        connection.user = request.args.get("user")  # type: ignore[attr-defined]
+        seen.put(connection.user)  # type: ignore[attr-defined]
+
+    server = serve(handler)
+    with connect(server.url + "/?user=ann"):
+        assert seen.get(timeout=10) == "ann"

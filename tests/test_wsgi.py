@@ -261,3 +261,31 @@ def test_gevent_websocket_app_sees_none_on_client_close(serve: Any) -> None:
     with connect(server.url + "/room", origin="https://site"):
         pass
     assert seen == [("/room", "https://site", "13", False), None, True]
+
+
+def test_a_failed_handshake_answer_closes_with_1006() -> None:
+    """If the WSGI server can't write the 101, the connection is closed (1006), not
+    half-open: sends raise, close() is a no-op, the handler's failure path is quiet."""
+    import gevent.socket
+
+    from geventws import Connection, ConnectionClosedError, Headers, Request
+    from geventws.connection import HandshakeAnswer
+    from geventws.protocol import Side
+
+    class Failing(HandshakeAnswer):
+        def accept(self, headers: Headers) -> bytes:
+            raise BrokenPipeError(32, "the client is gone")
+
+    ours, theirs = gevent.socket.socketpair()
+    try:
+        connection = Connection(ours, Side.SERVER, request=Request("GET", "/", Headers()))
+        connection._prepare("dGhlIHNhbXBsZSBub25jZQ==", b"", (), None, Failing())
+        with pytest.raises(ConnectionClosedError) as info:
+            connection.accept()
+        assert info.value.code == 1006 and connection.closed
+        with pytest.raises(ConnectionClosedError):
+            connection.send("x")
+        connection.close()  # nothing to do, no error
+    finally:
+        ours.close()
+        theirs.close()
