@@ -87,6 +87,9 @@ class ServerThread:
         self._ready.set()
         self.server.serve_forever()
         gevent.sleep(0.01)  # let finished greenlets unwind
+        # Collect garbage while the loop still exists: sockets (such as pywsgi's socket
+        # readers, which it drops without closing) must not be closed on a destroyed loop.
+        gc.collect()
         hub = gevent.get_hub()
         self.leftover_greenlets = [
             g
