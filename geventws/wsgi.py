@@ -318,6 +318,8 @@ class WebSocketMiddleware:
         address = request.remote_address
         reader = _reader_of(environ)
         try:
+            if environ.get("SERVER_PROTOCOL", "HTTP/1.1") == "HTTP/1.0":
+                raise InvalidRequest(400, "WebSocket needs HTTP/1.1 (RFC 6455 §4.1)")
             key, deflate = check_upgrade(head, request, self.origins, self.deflate_options)
             if reader is None:
                 logger.error("%s", _TAKEOVER_HELP)

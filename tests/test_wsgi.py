@@ -145,6 +145,10 @@ def test_keep_alive_before_and_after_a_rejected_upgrade(serve: Any) -> None:
         # The server closed: no second HTTP response, no more reading.
         rest = sock.recv(65536)
         assert rest == b"" and buffer == bytearray()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(upgrade_request("/ws").replace(b"HTTP/1.1", b"HTTP/1.0"))
+        status, _, body = read_response(sock, bytearray())
+        assert status == 400 and b"HTTP/1.1" in body
     assert server.errors.getvalue() == ""
 
 
