@@ -96,3 +96,39 @@ def test_flask_pages_and_websocket_share_the_session(serve: Any) -> None:
             assert ws.recv(timeout=10) == "ann: note"
     del login
     gc.collect()  # requests keeps the POST's socket until collected; the leak check counts fds
+
+
+def test_cli_wsgi_over_tls(tmp_path: Path) -> None:
+    """``--wsgi`` with ``--certfile``: the page over HTTPS and the WebSocket over wss://
+    on one port, verified against a test CA."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(tmp_path / "s.pem")
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    process, port = start_serve_command(
+        [
+            "geventws.examples.chat:handle",
+            "--wsgi",
+            "geventws.examples.chat:app",
+            "--certfile",
+            str(tmp_path / "s.pem"),
+        ],
+        tmp_path / "tls.log",
+    )
+    try:
+        with requests.Session() as session:
+            ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+            page = session.get(f"https://127.0.0.1:{port}/", verify=str(tmp_path / "ca.pem"))
+            assert page.status_code == 200 and "geventws chat" in page.text
+        with connect(f"wss://127.0.0.1:{port}/chat?name=tls", ssl=context) as ws:
+            assert json.loads(ws.recv(timeout=10))["name"] == "tls"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
