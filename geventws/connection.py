@@ -35,14 +35,16 @@ of file and finishes the connection itself.
 
 from __future__ import annotations
 
+import codecs
 import logging
 import os
 import socket as _socket
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import gevent
+from gevent import getcurrent
 from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
 
@@ -79,6 +81,9 @@ class _ReadTimeout(Exception):
 
 class _SendTimeout(Exception):
     """Internal: a write took longer than ``send_timeout``."""
+
+
+_NOT_UTF8 = "bytes sent as text must be valid UTF-8; pass binary=True to send binary frames"
 
 
 def close_socket(sock: Any, timeout: float, shutdown_first: bool = True) -> None:
@@ -170,6 +175,7 @@ class Connection:
         "_deflate",
         "_done",
         "_flush_cb",
+        "_fragmenting",
         "_handshake",
         "_ka_deadline",
         "_ka_timer",
@@ -279,6 +285,9 @@ class Connection:
         # Sending: frames wait in the protocol's output queue; ``_unflushed`` counts
         # roughly how many bytes, to flush at once past the high-water mark.
         self._write_lock = Semaphore()
+        # While a fragmented message is being sent: its greenlet, and an event set when
+        # it is complete. Other messages wait for it.
+        self._fragmenting: Optional[tuple[Any, Event]] = None
         self._unflushed = 0
         self._flush_cb: Any = None
         self._loop = gevent.get_hub().loop
@@ -590,11 +599,17 @@ class Connection:
 
     def send(
         self,
-        message: Union[Data, bytearray, memoryview],
+        message: Union[Data, bytearray, memoryview, Iterable[Union[Data, bytearray, memoryview]]],
         binary: bool = False,
         compress: Optional[bool] = None,
     ) -> None:
         """Send a message: a text frame by default, a binary frame with ``binary=True``.
+
+        An iterable (a list, a generator...) of ``str`` or of bytes is sent as one
+        fragmented message, a frame per item, each written as it comes; other
+        greenlets' messages wait until it is complete, an empty iterable sends nothing,
+        and an error from the iterable once the message started closes the connection
+        with 1011 and propagates.
 
         A ``str`` is encoded as UTF-8. Bytes sent as text must be valid UTF-8, else
         :class:`ValueError`. With permessage-deflate negotiated, messages from the
@@ -616,14 +631,16 @@ class Connection:
                 try:
                     data.decode("utf-8")
                 except UnicodeDecodeError:
-                    raise ValueError(
-                        "bytes sent as a text frame must be valid UTF-8; "
-                        "pass binary=True to send a binary frame"
-                    ) from None
+                    raise ValueError(_NOT_UTF8) from None
+        elif isinstance(message, Iterable) and not isinstance(message, Mapping):
+            self._send_fragments(message, binary, compress)
+            return
         else:
             raise TypeError(f"cannot send {type(message).__name__}: use str or bytes")
         if self._done:
             raise self._closed_error()
+        if self._fragmenting is not None:
+            self._wait_fragmented_message()
         try:
             if binary:
                 protocol.send_binary(data, compress)
@@ -631,11 +648,93 @@ class Connection:
                 protocol.send_text(data, compress)
         except InvalidState:
             raise self._closed_error() from None
-        self._unflushed += len(data) + 2
+        self._queued(len(data))
+
+    def _queued(self, size: int) -> None:
+        """Account for a frame of about ``size`` bytes queued in the protocol: write at
+        once past the high-water mark, else when this greenlet next yields."""
+        self._unflushed += size + 2
         if self._unflushed >= _WRITE_HIGH_WATER:
             self._flush()
         elif self._flush_cb is None:
             self._flush_cb = self._loop.run_callback(self._flush_soon)
+
+    def _wait_fragmented_message(self) -> None:
+        """Wait until the fragmented message being sent is complete (messages never go
+        between its frames)."""
+        while self._fragmenting is not None:
+            owner, done = self._fragmenting
+            if owner is getcurrent():
+                raise RuntimeError("cannot send a message inside a fragmented message")
+            done.wait()
+
+    def _send_fragments(
+        self,
+        fragments: Iterable[Union[Data, bytearray, memoryview]],
+        binary: bool,
+        compress: Optional[bool],
+    ) -> None:
+        """Send ``fragments`` as one message, a frame per item (RFC 6455 §5.4).
+
+        Items of ``str`` make a text message; bytes-like items a binary one, or a text
+        one with ``binary=False`` if they are valid UTF-8 together. An empty iterable
+        sends nothing. Each fragment is written as it comes (when this greenlet next
+        yields, or at once past 64 KiB), so a generator can stream a large message.
+        Other greenlets' messages wait until this one is complete; pings, pongs and a
+        close may go in between. If the iterable raises or yields a wrong item once the
+        message has started, the connection is closed with 1011 and the error raised.
+        """
+        protocol = self._protocol
+        assert protocol is not None
+        iterator = iter(fragments)
+        first = next(iterator, None)
+        if first is None:
+            return
+        text = isinstance(first, str)
+        decoder = None if text or binary else codecs.getincrementaldecoder("utf-8")()
+
+        def encode(item: Union[Data, bytearray, memoryview]) -> bytes:
+            if text and isinstance(item, str):
+                return item.encode("utf-8")
+            if not text and isinstance(item, (bytes, bytearray, memoryview)):
+                data = bytes(item)
+                if decoder is not None:
+                    try:
+                        decoder.decode(data)
+                    except UnicodeDecodeError:
+                        raise ValueError(_NOT_UTF8) from None
+                return data
+            raise TypeError("the fragments of a message must be all str or all bytes")
+
+        if self._done:
+            raise self._closed_error()
+        if self._fragmenting is not None:  # one fragmented message at a time
+            self._wait_fragmented_message()
+        done = Event()
+        self._fragmenting = (getcurrent(), done)
+        as_binary = not text and binary
+        try:
+            current = encode(first)
+            for item in iterator:
+                protocol.send_fragment(current, binary=as_binary, fin=False, compress=compress)
+                self._queued(len(current))
+                current = encode(item)
+            if decoder is not None:
+                try:
+                    decoder.decode(b"", True)
+                except UnicodeDecodeError:
+                    raise ValueError(_NOT_UTF8) from None
+            protocol.send_fragment(current, binary=as_binary, fin=True, compress=compress)
+            self._queued(len(current))
+        except InvalidState:
+            raise self._closed_error() from None
+        except Exception:
+            if protocol.sending_fragments and not self._done:
+                self._fail(CloseCode.INTERNAL_ERROR, "error in fragmented message", True)
+            raise
+        finally:
+            self._fragmenting = None
+            done.set()
 
     def _send_prepared(self, prepared: _Prepared, limit: int) -> bool:
         """Queue a broadcast message without ever blocking the caller (see
@@ -1102,6 +1201,7 @@ def broadcast(
                 and protocol.state is open_
                 and not connection._done
                 and not protocol._output  # nothing queued before it
+                and protocol._out_frag is None  # nor a fragmented message under way
                 and not connection._write_lock.locked()  # nor being written
             ):
                 fd = raw.fileno()  # -1 once closed: never another socket's descriptor

@@ -218,6 +218,19 @@ class Deflate:
         self._compressor = None if self.local_no_context_takeover else compressor
         return out[:-4]  # Z_SYNC_FLUSH always ends with the empty stored block 00 00 ff ff
 
+    def compress_fragment(self, data: bytes, fin: bool) -> bytes:
+        """One fragment of a message compressed as it comes: flushed so the peer can
+        inflate it at once, the final empty block stripped from the last one only."""
+        compressor = self._compressor
+        if compressor is None:
+            compressor = self._compressor = self._new_compressor()
+        out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        if not fin:
+            return out
+        if self.local_no_context_takeover:
+            self._compressor = None
+        return out[:-4]
+
     def compress_shared(self, data: bytes) -> bytes:
         """``data`` compressed from a fresh deflate stream, without this connection's
         context: any peer of a codec with the same :attr:`settings` can inflate it,

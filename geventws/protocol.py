@@ -183,6 +183,8 @@ class Protocol:
         self._frag_parts: list[Union[bytes, str]] = []
         self._frag_size = 0
         self._frag_compressed = False
+        # The message being sent in fragments, if any: whether it is compressed.
+        self._out_frag: Optional[bool] = None
         self._decoder: Optional[codecs.IncrementalDecoder] = None
         self._pending_error: Optional[ProtocolError] = None
         #: True when :meth:`receive_data` stopped early: it returned messages that came
@@ -455,8 +457,14 @@ class Protocol:
     def _send_data(
         self, opcode: int, small_headers: list[bytes], data: bytes, compress: Optional[bool]
     ) -> None:
-        if self.close_sent is not None or self.state is not State.OPEN:
+        if (
+            self.close_sent is not None
+            or self.state is not State.OPEN
+            or self._out_frag is not None
+        ):
             self._check_open()
+            if self._out_frag is not None:
+                raise InvalidState("a fragmented message is being sent")
         deflate = self.deflate
         if deflate is not None and deflate.wants(len(data), compress):
             self._queue_frame(opcode, deflate.compress(data), rsv=_RSV1)
@@ -464,6 +472,43 @@ class Protocol:
             self._output.append(small_headers[len(data)] + data)  # the hot path
         else:
             self._queue_frame(opcode, data)
+
+    def send_fragment(
+        self, data: bytes, *, binary: bool, fin: bool, compress: Optional[bool] = None
+    ) -> None:
+        """Queue one fragment of a message sent in several frames (RFC 6455 §5.4).
+
+        The first call starts the message (``binary`` picks text or binary; text
+        fragments must be valid UTF-8 together), the call with ``fin=True`` ends it;
+        calls in between continue it. With permessage-deflate, ``compress`` (or the
+        threshold, applied to the first fragment) decides for the whole message: each
+        fragment is compressed as it comes, RSV1 is set on the first frame only, and
+        the final empty block is stripped from the last one only (RFC 7692 §7.2.1).
+        Control frames may still be sent in between; whole messages may not
+        (:class:`InvalidState`), nor anything once closing.
+        """
+        self._check_open()
+        if self._out_frag is None:  # the first fragment
+            deflate = self.deflate
+            compressed = deflate is not None and deflate.wants(len(data), compress)
+            opcode = Opcode.BINARY if binary else Opcode.TEXT
+            rsv = _RSV1 if compressed else 0
+            self._out_frag = compressed
+        else:
+            compressed = self._out_frag
+            opcode = Opcode.CONT
+            rsv = 0
+        if compressed:
+            assert self.deflate is not None
+            data = self.deflate.compress_fragment(data, fin)
+        self._queue_frame(opcode, data, fin=fin, rsv=rsv)
+        if fin:
+            self._out_frag = None
+
+    @property
+    def sending_fragments(self) -> bool:
+        """Whether a fragmented message was started and not finished yet."""
+        return self._out_frag is not None
 
     def send_frame(self, frame: bytes) -> None:
         """Queue a data frame prepared by :func:`prepare_frame` (a broadcast frames its
@@ -478,6 +523,8 @@ class Protocol:
         if self._client:
             raise InvalidState("client frames are masked per frame: use send_text/send_binary")
         self._check_open()
+        if self._out_frag is not None:
+            raise InvalidState("a fragmented message is being sent")
         self._output.append(frame)
 
     def send_ping(self, data: bytes) -> None:

@@ -15,6 +15,7 @@ import zlib
 from typing import Any, Callable
 
 import pytest
+from websockets.exceptions import ConnectionClosedError as WsClosedError
 from websockets.extensions.permessage_deflate import (
     ClientPerMessageDeflateFactory,
     PerMessageDeflate,
@@ -321,3 +322,64 @@ def test_cli_compression_flags() -> None:
         "--compression-threshold",
     ):
         assert flag in out
+
+
+# -- fragmented messages from the server -----------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+def test_server_streams_fragmented_messages(serve: Any, compression: Any) -> None:
+    """send(iterable) streams one message a frame per item; websockets' client, with
+    and without compression, reads the whole message."""
+    errors: queue.Queue[Any] = queue.Queue()
+
+    def handler(connection: Connection, request: Request) -> None:
+        connection.accept()
+        connection.send(f"chunk {i} " * 50 for i in range(5))  # a generator, text
+        connection.send([b"\x00" * 3000, bytearray(b"\x01" * 3000)], binary=True)
+        connection.send([])  # nothing at all
+        utf8 = "κόσμε".encode()
+        connection.send([utf8[:3], utf8[3:]])  # bytes as text, a character split in two
+        try:
+            connection.send(["text", b"bytes"])
+        except TypeError as exc:
+            errors.put(exc)
+        connection.receive(timeout=10)
+
+    server = serve(handler)
+    with ws_connect(server.url, compression=compression) as ws:
+        assert ws.recv(timeout=10) == "".join(f"chunk {i} " * 50 for i in range(5))
+        assert ws.recv(timeout=10) == b"\x00" * 3000 + b"\x01" * 3000
+        assert ws.recv(timeout=10) == "κόσμε"
+        assert isinstance(errors.get(timeout=10), TypeError)
+        # The bad message closed the connection with 1011 (it had started).
+        with pytest.raises(WsClosedError):
+            ws.recv(timeout=10)
+        assert ws.close_code == 1011
+
+
+def test_other_greenlets_wait_for_a_fragmented_message(serve: Any) -> None:
+    """A message sent from another greenlet while a fragmented one streams goes after
+    it, never between its frames."""
+    import gevent
+
+    def handler(connection: Connection, request: Request) -> None:
+        connection.accept()
+
+        others = []
+
+        def slow_fragments() -> Any:
+            for i in range(3):
+                yield f"part{i};"
+                if i == 0:  # the message has started: another greenlet sends now
+                    others.append(gevent.spawn(connection.send, "interloper"))
+                gevent.sleep(0.01)  # the other greenlet runs meanwhile, and must wait
+
+        connection.send(slow_fragments())
+        gevent.joinall(others)
+        connection.receive(timeout=10)
+
+    server = serve(handler)
+    with ws_connect(server.url) as ws:
+        assert ws.recv(timeout=10) == "part0;part1;part2;"
+        assert ws.recv(timeout=10) == "interloper"

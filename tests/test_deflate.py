@@ -16,7 +16,13 @@ from typing import Optional
 
 import pytest
 
-from geventws.exceptions import InvalidRequest, InvalidResponse, PayloadTooBig, ProtocolError
+from geventws.exceptions import (
+    InvalidRequest,
+    InvalidResponse,
+    InvalidState,
+    PayloadTooBig,
+    ProtocolError,
+)
 from geventws.extensions import (
     Deflate,
     DeflateOptions,
@@ -582,3 +588,50 @@ def test_close_after_compressed_message_is_echoed() -> None:
     )
     assert events == ["bye"] and protocol.pending
     assert protocol.receive_data(b"") == [Close(1000, "")]
+
+
+# -- sending fragmented messages -------------------------------------------------------
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_send_fragments_rsv1_on_the_first_frame_only(compressed: bool) -> None:
+    protocol = deflate_server(options=DeflateOptions(threshold=0))
+    parts = [b"first part, " * 20, b"second part, " * 20, b"last part" * 20]
+    for index, part in enumerate(parts):
+        protocol.send_fragment(part, binary=False, fin=index == len(parts) - 1, compress=compressed)
+        if index == 0:
+            protocol.send_ping(b"between")  # control frames may interleave
+            with pytest.raises(InvalidState):
+                protocol.send_text(b"a whole message")
+            with pytest.raises(InvalidState):
+                protocol.send_frame(b"\x81\x00")
+    frames = server_frames(b"".join(protocol.data_to_send()))
+    expected_first = 0x41 if compressed else 0x01
+    assert [b0 for b0, _ in frames] == [expected_first, 0x89, 0x00, 0x80]
+    payloads = [payload for b0, payload in frames if b0 != 0x89]
+    if compressed:
+        decompressor = zlib.decompressobj(-15)
+        data = b"".join(decompressor.decompress(p) for p in payloads[:-1])
+        data += inflate(payloads[-1], decompressor)
+    else:
+        data = b"".join(payloads)
+    assert data == b"".join(parts)
+    assert not protocol.sending_fragments
+
+
+def test_send_fragments_are_read_back_by_a_peer_protocol() -> None:
+    options = DeflateOptions(threshold=0)
+    negotiated = negotiate_server(offer(PMD), options)
+    assert negotiated is not None
+    server = Protocol(Side.SERVER, deflate=negotiated[1])
+    client = Protocol(Side.CLIENT, deflate=negotiate_client(offer(negotiated[0]), options))
+    for round_ in range(2):  # the second message exercises the shared context
+        server.send_fragment(b"hello ", binary=False, fin=False)
+        server.send_fragment("κόσμε ".encode(), binary=False, fin=False)
+        server.send_fragment(b"world", binary=False, fin=True)
+        assert client.receive_data(b"".join(server.data_to_send())) == ["hello κόσμε world"]
+        client.send_fragment(b"\x00" * 1000, binary=True, fin=False)
+        client.send_fragment(b"\x01" * 1000, binary=True, fin=True)
+        assert server.receive_data(b"".join(client.data_to_send())) == [
+            b"\x00" * 1000 + b"\x01" * 1000
+        ], round_
