@@ -7,6 +7,7 @@ on the same port at the same time; raw sockets check keep-alive around an upgrad
 from __future__ import annotations
 
 import base64
+import gc
 import io
 import json
 import logging
@@ -23,10 +24,11 @@ from websockets.exceptions import ConnectionClosedError as WsClosedError
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 from websockets.sync.client import connect
 
+from geventws import wsgi as wsgi_module
 from geventws.wsgi import WebSocketHandler, WebSocketMiddleware, request_from_environ
 
 from . import wsgi_apps
-from .utils import client_frame
+from .utils import client_frame, wait_for
 
 
 class Collect(io.StringIO):
@@ -296,3 +298,27 @@ def test_a_failed_handshake_answer_closes_with_1006() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+def test_many_connections_through_the_middleware_leave_nothing_behind(serve: Any) -> None:
+    """Hundreds of WebSockets (clean and abrupt closes, with and without compression)
+    and plain requests through pywsgi: the fixture then checks that descriptors and
+    greenlets are back to their baseline."""
+    server = pywsgi(serve, wsgi_apps.app)
+    for i in range(300):
+        extra = "Sec-WebSocket-Extensions: permessage-deflate\r\n" if i % 2 else ""
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            buffer = bytearray()
+            sock.sendall(upgrade_request("/ws", extra))
+            assert read_response(sock, buffer)[0] == 101
+            sock.sendall(client_frame(2, b"ping %d" % i))
+            assert read_frame(sock, buffer) == (2, b"ping %d" % i)
+            if i % 3 == 0:  # clean close; otherwise the socket just goes away
+                sock.sendall(client_frame(8, struct.pack("!H", 1000)))
+                assert read_frame(sock, buffer)[0] == 8
+        if i % 10 == 0:
+            assert requests.get(server.http_url + "/hello", timeout=10).status_code == 200
+    assert server.errors.getvalue() == ""
+    assert wait_for(lambda: not wsgi_apps.app.connections)
+    gc.collect()
+    assert wait_for(lambda: not list(wsgi_module._LIVE))  # no Connection object kept
