@@ -5,7 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 
-CORE = ["frames", "protocol", "handshake", "http11", "headers", "request", "exceptions"]
+CORE = [
+    "frames",
+    "protocol",
+    "handshake",
+    "http11",
+    "headers",
+    "request",
+    "exceptions",
+    "extensions",
+    "uri",
+]
 
 
 def test_core_imports_no_io_modules() -> None:
