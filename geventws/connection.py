@@ -83,6 +83,7 @@ class _SendTimeout(Exception):
     """Internal: a write took longer than ``send_timeout``."""
 
 
+_END = object()  # the end of an iterable of fragments
 _NOT_UTF8 = "bytes sent as text must be valid UTF-8; pass binary=True to send binary frames"
 
 
@@ -679,7 +680,8 @@ class Connection:
         Items of ``str`` make a text message; bytes-like items a binary one, or a text
         one with ``binary=False`` if they are valid UTF-8 together. An empty iterable
         sends nothing. Each fragment is written as it comes (when this greenlet next
-        yields, or at once past 64 KiB), so a generator can stream a large message.
+        yields, or at once past 64 KiB), so a generator can stream a large message; an
+        empty frame ends the message, as websockets does.
         Other greenlets' messages wait until this one is complete; pings, pongs and a
         close may go in between. If the iterable raises or yields a wrong item once the
         message has started, the connection is closed with 1011 and the error raised.
@@ -687,8 +689,8 @@ class Connection:
         protocol = self._protocol
         assert protocol is not None
         iterator = iter(fragments)
-        first = next(iterator, None)
-        if first is None:
+        first = next(iterator, _END)
+        if first is _END:
             return
         text = isinstance(first, str)
         decoder = None if text or binary else codecs.getincrementaldecoder("utf-8")()
@@ -714,18 +716,21 @@ class Connection:
         self._fragmenting = (getcurrent(), done)
         as_binary = not text and binary
         try:
-            current = encode(first)
-            for item in iterator:
-                protocol.send_fragment(current, binary=as_binary, fin=False, compress=compress)
-                self._queued(len(current))
-                current = encode(item)
+            # Each item goes out as soon as it is produced (not held back to learn
+            # whether it is the last); an empty final frame ends the message.
+            item: Any = first
+            while item is not _END:
+                data = encode(item)
+                protocol.send_fragment(data, binary=as_binary, fin=False, compress=compress)
+                self._queued(len(data))
+                item = next(iterator, _END)
             if decoder is not None:
                 try:
                     decoder.decode(b"", True)
                 except UnicodeDecodeError:
                     raise ValueError(_NOT_UTF8) from None
-            protocol.send_fragment(current, binary=as_binary, fin=True, compress=compress)
-            self._queued(len(current))
+            protocol.send_fragment(b"", binary=as_binary, fin=True, compress=compress)
+            self._queued(0)
         except InvalidState:
             raise self._closed_error() from None
         except Exception:
@@ -1168,8 +1173,9 @@ def broadcast(
     if it takes it; whatever a socket can't take now, and everything for TLS or
     client-side connections, is written in the background. A connection that already
     has ``limit`` bytes (64 KiB by default) waiting is a slow consumer and is *skipped*
-    for this message. Never blocks on a slow client and never raises for a
-    connection's failure (logged at DEBUG on ``geventws.server``). Raises
+    for this message, as is one in the middle of sending a fragmented message (its
+    frames can't be interrupted by another message). Never blocks on a slow client and
+    never raises for a connection's failure (logged at DEBUG on ``geventws.server``). Raises
     :class:`ValueError` for bytes sent as text that aren't valid UTF-8.
 
     With compression, the message is compressed *once* from a fresh deflate stream for

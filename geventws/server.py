@@ -125,13 +125,17 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         self.handler = handler
         self.origins = None if origins is None else frozenset(origins)
         self.subprotocols = tuple(subprotocols or ())
-        self.max_size = max_size
-        self.max_queue = max_queue
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
-        self.ping_interval = ping_interval
-        self.ping_timeout = ping_timeout
-        self.send_timeout = send_timeout
+        #: The keyword arguments of every :class:`Connection` this server makes.
+        self.connection_options: dict[str, Any] = {
+            "max_size": max_size,
+            "max_queue": max_queue,
+            "close_timeout": close_timeout,
+            "ping_interval": ping_interval,
+            "ping_timeout": ping_timeout,
+            "send_timeout": send_timeout,
+        }
         self.max_connections = max_connections
         #: The permessage-deflate settings, or ``None`` when compression is off.
         self.deflate_options = deflate_options(
@@ -231,13 +235,8 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
                 Side.SERVER,
                 request=request,
                 remote_address=address,
-                max_size=self.max_size,
-                max_queue=self.max_queue,
-                close_timeout=self.close_timeout,
-                ping_interval=self.ping_interval,
-                ping_timeout=self.ping_timeout,
-                send_timeout=self.send_timeout,
                 logger=logger,
+                **self.connection_options,
             )
             connection._prepare(key, leftover, self.subprotocols, deflate)
             return connection

@@ -383,3 +383,28 @@ def test_other_greenlets_wait_for_a_fragmented_message(serve: Any) -> None:
     with ws_connect(server.url) as ws:
         assert ws.recv(timeout=10) == "part0;part1;part2;"
         assert ws.recv(timeout=10) == "interloper"
+
+
+def test_broadcast_skips_a_connection_sending_a_fragmented_message(serve: Any) -> None:
+    import gevent
+
+    counts: queue.Queue[int] = queue.Queue()
+
+    def handler(connection: Connection, request: Request) -> None:
+        connection.accept()
+
+        def fragments() -> Any:
+            yield "start;"
+            counts.put(geventws.broadcast([connection], "broadcast"))
+            yield "end"
+
+        connection.send(fragments())
+        gevent.sleep(0)
+        counts.put(geventws.broadcast([connection], "after"))
+        connection.receive(timeout=10)
+
+    server = serve(handler)
+    with ws_connect(server.url) as ws:
+        assert ws.recv(timeout=10) == "start;end"
+        assert ws.recv(timeout=10) == "after"
+        assert [counts.get(timeout=10), counts.get(timeout=10)] == [0, 1]
