@@ -138,6 +138,13 @@ def _add_compression(parser: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="messages shorter than this are sent uncompressed (default 128)",
     )
+    group.add_argument(
+        "--compression-level",
+        type=int,
+        default=-1,
+        metavar="0-9",
+        help="zlib compression level (default -1: zlib's default, 6)",
+    )
 
 
 def _compression_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -146,6 +153,7 @@ def _compression_options(args: argparse.Namespace) -> dict[str, Any]:
         "compression_window_bits": args.compression_window_bits,
         "compression_mem_level": args.compression_mem_level,
         "compression_threshold": args.compression_threshold,
+        "compression_level": args.compression_level,
     }
 
 

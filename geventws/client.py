@@ -57,6 +57,7 @@ def connect(
     compression_window_bits: int = 12,
     compression_mem_level: int = 5,
     compression_threshold: int = 128,
+    compression_level: int = -1,
     max_redirects: int = MAX_REDIRECTS,
     user_agent: Optional[str] = USER_AGENT,
 ) -> Connection:
@@ -77,7 +78,8 @@ def connect(
     ``compression="deflate"`` (the default) offers permessage-deflate and lets the
     server bound the client's window; ``None`` offers nothing.
     ``compression_window_bits`` (default 12), ``compression_mem_level`` (default 5) and
-    ``compression_threshold`` (default 128 bytes) apply to what the client compresses.
+    ``compression_threshold`` (default 128 bytes) and ``compression_level`` (default -1:
+    zlib's) apply to what the client compresses.
     The negotiated value is in :attr:`Connection.extensions`.
 
     Raises :class:`~geventws.InvalidURI`; :class:`OSError` (including
@@ -89,7 +91,11 @@ def connect(
     """
     target = parse_uri(uri)
     options = deflate_options(
-        compression, compression_window_bits, compression_mem_level, compression_threshold
+        compression,
+        compression_window_bits,
+        compression_mem_level,
+        compression_threshold,
+        compression_level,
     )
     with gevent.Timeout(open_timeout, TimeoutError(f"timed out opening {uri}")):
         for _ in range(max_redirects + 1):

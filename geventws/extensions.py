@@ -402,6 +402,7 @@ def deflate_options(
     window_bits: int = 12,
     mem_level: int = 5,
     threshold: int = 128,
+    level: int = -1,
 ) -> Optional[DeflateOptions]:
     """The :class:`DeflateOptions` for the ``compression*`` options of the server, the
     client and the CLI: ``compression`` is ``"deflate"`` or ``None`` (off)."""
@@ -409,4 +410,4 @@ def deflate_options(
         return None
     if compression != "deflate":
         raise ValueError(f"unsupported compression {compression!r}: use 'deflate' or None")
-    return DeflateOptions(window_bits, mem_level, threshold)
+    return DeflateOptions(window_bits, mem_level, threshold, level)

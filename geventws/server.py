@@ -89,6 +89,9 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         when they let it. Smaller means less memory per connection and less compression.
     ``compression_threshold``
         Messages shorter than this many bytes are sent uncompressed (default 128).
+    ``compression_level``
+        zlib's compression level, 0-9 (default -1: zlib's default, 6). Lower is
+        faster with less compression.
     ``ssl_context``
         An :class:`ssl.SSLContext` to serve ``wss://``.
 
@@ -115,6 +118,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         compression_window_bits: int = 12,
         compression_mem_level: int = 5,
         compression_threshold: int = 128,
+        compression_level: int = -1,
         ssl_context: Any = None,
         backlog: Optional[int] = None,
     ) -> None:
@@ -139,7 +143,11 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         self.max_connections = max_connections
         #: The permessage-deflate settings, or ``None`` when compression is off.
         self.deflate_options = deflate_options(
-            compression, compression_window_bits, compression_mem_level, compression_threshold
+            compression,
+            compression_window_bits,
+            compression_mem_level,
+            compression_threshold,
+            compression_level,
         )
         # TLS is wrapped here rather than by StreamServer, so that a standard-library
         # context works without monkey-patching and the TLS handshake shares the deadline.

@@ -245,6 +245,7 @@ class WebSocketMiddleware:
         compression_window_bits: int = 12,
         compression_mem_level: int = 5,
         compression_threshold: int = 128,
+        compression_level: int = -1,
     ) -> None:
         self.app = app
         if callable(routes):
@@ -256,7 +257,11 @@ class WebSocketMiddleware:
         self.origins = None if origins is None else frozenset(origins)
         self.subprotocols = tuple(subprotocols or ())
         self.deflate_options = deflate_options(
-            compression, compression_window_bits, compression_mem_level, compression_threshold
+            compression,
+            compression_window_bits,
+            compression_mem_level,
+            compression_threshold,
+            compression_level,
         )
         self.connection_options: dict[str, Any] = {
             "max_size": max_size,

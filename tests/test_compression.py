@@ -320,6 +320,7 @@ def test_cli_compression_flags() -> None:
         "--compression-window-bits",
         "--compression-mem-level",
         "--compression-threshold",
+        "--compression-level",
     ):
         assert flag in out
 
@@ -408,3 +409,19 @@ def test_broadcast_skips_a_connection_sending_a_fragmented_message(serve: Any) -
         assert ws.recv(timeout=10) == "start;end"
         assert ws.recv(timeout=10) == "after"
         assert [counts.get(timeout=10), counts.get(timeout=10)] == [0, 1]
+
+
+def test_compression_level_zero_stores(serve: Any) -> None:
+    """``compression_level=0``: deflate's stored blocks, no compression work at all."""
+    server = serve(echo, compression_level=0, compression_threshold=0)
+    client = RawClient(server.port, headers="Sec-WebSocket-Extensions: permessage-deflate\r\n")
+    try:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+        text = b"aaaa" * 100
+        payload = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        client.send(client_frame(1, payload[:-4], rsv=4))
+        b0, _, echoed = client.read_frame()
+        assert b0 == 0xC1 and len(echoed) > len(text)  # stored, not compressed
+        assert zlib.decompressobj(-15).decompress(echoed + b"\x00\x00\xff\xff") == text
+    finally:
+        client.close()

@@ -207,9 +207,10 @@ def test_options_are_validated(kwargs: dict[str, int]) -> None:
 
 def test_deflate_options_helper() -> None:
     assert deflate_options(None) is None
-    options = deflate_options("deflate", 10, 4, 0)
+    options = deflate_options("deflate", 10, 4, 0, 1)
     assert options is not None
     assert (options.window_bits, options.mem_level, options.threshold) == (10, 4, 0)
+    assert options.level == 1
     with pytest.raises(ValueError):
         deflate_options("gzip")
 
