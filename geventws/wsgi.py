@@ -46,7 +46,13 @@ from urllib.parse import quote
 import gevent
 from gevent.pywsgi import WSGIHandler
 
-from .connection import Connection, HandshakeAnswer, end_connection, run_handler
+from .connection import (
+    Connection,
+    HandshakeAnswer,
+    _format_address,
+    end_connection,
+    run_handler,
+)
 from .exceptions import ConnectionClosed, InvalidRequest
 from .extensions import deflate_options
 from .frames import CloseCode
@@ -330,7 +336,12 @@ class WebSocketMiddleware:
                 logger.error("%s", _TAKEOVER_HELP)
                 raise InvalidRequest(500, "Internal Server Error")
         except InvalidRequest as exc:
-            logger.info("handshake failed: %s status=%d %s", address, exc.status, exc.message)
+            logger.info(
+                "handshake failed: %s status=%d %s",
+                _format_address(address),
+                exc.status,
+                exc.message,
+            )
             return _error(start_response, exc.status, exc.message + "\n", exc.headers)
         sock = reader.raw._sock  # type: ignore[attr-defined]
         if sock.family in (_socket.AF_INET, _socket.AF_INET6):
