@@ -52,6 +52,7 @@ from .exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
     ConnectionClosedOK,
+    InvalidRequest,
     InvalidState,
     ProtocolError,
 )
@@ -1114,6 +1115,13 @@ class _Prepared:
         if self._plain is None:
             self._plain = prepare_frame(self.data, self.binary)
         return self._plain, False
+
+
+def log_refusal(logger: logging.Logger, address: Any, exc: InvalidRequest) -> None:
+    """The INFO line for an upgrade request refused before the handler ran."""
+    logger.info(
+        "handshake failed: %s status=%d %s", _format_address(address), exc.status, exc.message
+    )
 
 
 def run_handler(

@@ -23,6 +23,7 @@ from .connection import (
     Connection,
     _format_address,
     end_connection,
+    log_refusal,
     read_head,
     refuse,
     run_handler,
@@ -254,12 +255,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             logger.info("handshake timed out: %s", _format_address(address))
             return None
         except InvalidRequest as exc:
-            logger.info(
-                "handshake failed: %s status=%d %s",
-                _format_address(address),
-                exc.status,
-                exc.message,
-            )
+            log_refusal(logger, address, exc)
             refuse(sock, exc.status, exc.message + "\n", exc.headers, self.close_timeout)
             return None
         except OSError as exc:  # includes ssl.SSLError

@@ -49,8 +49,8 @@ from gevent.pywsgi import WSGIHandler
 from .connection import (
     Connection,
     HandshakeAnswer,
-    _format_address,
     end_connection,
+    log_refusal,
     run_handler,
 )
 from .exceptions import ConnectionClosed, InvalidRequest
@@ -336,12 +336,7 @@ class WebSocketMiddleware:
                 logger.error("%s", _TAKEOVER_HELP)
                 raise InvalidRequest(500, "Internal Server Error")
         except InvalidRequest as exc:
-            logger.info(
-                "handshake failed: %s status=%d %s",
-                _format_address(address),
-                exc.status,
-                exc.message,
-            )
+            log_refusal(logger, address, exc)
             return _error(start_response, exc.status, exc.message + "\n", exc.headers)
         sock = reader.raw._sock  # type: ignore[attr-defined]
         if sock.family in (_socket.AF_INET, _socket.AF_INET6):
