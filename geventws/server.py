@@ -21,6 +21,7 @@ from gevent.server import StreamServer
 
 from .connection import (
     Connection,
+    HandshakeAnswer,
     _format_address,
     end_connection,
     log_refusal,
@@ -29,7 +30,7 @@ from .connection import (
     run_handler,
 )
 from .exceptions import InvalidRequest
-from .extensions import Deflate, DeflateOptions, deflate_options, negotiate_server
+from .extensions import deflate_options, negotiate_server
 from .frames import CloseCode
 from .handshake import check_request
 from .http11 import RequestHead, parse_request
@@ -128,27 +129,24 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             kwargs["backlog"] = backlog
         super().__init__(listener, self._serve_connection, spawn=Pool(), **kwargs)
         self.handler = handler
-        self.origins = None if origins is None else frozenset(origins)
-        self.subprotocols = tuple(subprotocols or ())
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
-        #: The keyword arguments of every :class:`Connection` this server makes.
-        self.connection_options: dict[str, Any] = {
-            "max_size": max_size,
-            "max_queue": max_queue,
-            "close_timeout": close_timeout,
-            "ping_interval": ping_interval,
-            "ping_timeout": ping_timeout,
-            "send_timeout": send_timeout,
-        }
         self.max_connections = max_connections
-        #: The permessage-deflate settings, or ``None`` when compression is off.
-        self.deflate_options = deflate_options(
-            compression,
-            compression_window_bits,
-            compression_mem_level,
-            compression_threshold,
-            compression_level,
+        #: Origins, subprotocols, compression and the options of each connection.
+        self.policy = UpgradePolicy(
+            origins=origins,
+            subprotocols=subprotocols,
+            max_size=max_size,
+            max_queue=max_queue,
+            close_timeout=close_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            send_timeout=send_timeout,
+            compression=compression,
+            compression_window_bits=compression_window_bits,
+            compression_mem_level=compression_mem_level,
+            compression_threshold=compression_threshold,
+            compression_level=compression_level,
         )
         # TLS is wrapped here rather than by StreamServer, so that a standard-library
         # context works without monkey-patching and the TLS handshake shares the deadline.
@@ -238,16 +236,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             raw_head, leftover = received
             head = parse_request(raw_head)
             request = Request(head.method, head.target, head.headers, address)
-            key, deflate = check_upgrade(head, request, self.origins, self.deflate_options)
-            connection = Connection(
-                sock,
-                Side.SERVER,
-                request=request,
-                remote_address=address,
-                logger=logger,
-                **self.connection_options,
-            )
-            connection._prepare(key, leftover, self.subprotocols, deflate)
+            connection = self.policy.open(sock, head, request, leftover=leftover)
             return connection
         except gevent.Timeout as exc:
             if exc is not timeout:
@@ -271,23 +260,84 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         run_handler(self.handler, connection, logger)
 
 
-def check_upgrade(
-    head: RequestHead,
-    request: Request,
-    origins: Optional[frozenset[Optional[str]]],
-    deflate_options: Optional[DeflateOptions],
-) -> tuple[str, Optional[tuple[str, Deflate]]]:
-    """Every server's checks of an upgrade request: RFC 6455 (:func:`check_request`),
-    the allowed ``origins`` (403) and the compression offers (400 when invalid).
-    Returns the client's key and the negotiated compression; raises
-    :class:`InvalidRequest` with the status to answer."""
-    key = check_request(head)
-    if origins is not None and request.origin not in origins:
-        raise InvalidRequest(403, f"origin {request.origin!r} not allowed")
-    deflate = None
-    if deflate_options is not None:
-        deflate = negotiate_server(head.headers, deflate_options)
-    return key, deflate
+class UpgradePolicy:
+    """What a server decides about every upgrade request, and how it makes its
+    connections; shared by :class:`WebSocketServer` and
+    :class:`geventws.wsgi.WebSocketMiddleware`, whose options of the same names it
+    takes (see :class:`WebSocketServer`)."""
+
+    def __init__(
+        self,
+        *,
+        origins: Optional[Iterable[Optional[str]]] = None,
+        subprotocols: Optional[Iterable[str]] = None,
+        max_size: Optional[int] = DEFAULT_MAX_SIZE,
+        max_queue: Union[int, tuple[int, int]] = 16,
+        close_timeout: float = 10.0,
+        ping_interval: Optional[float] = 20.0,
+        ping_timeout: Optional[float] = 20.0,
+        send_timeout: Optional[float] = None,
+        compression: Optional[str] = "deflate",
+        compression_window_bits: int = 12,
+        compression_mem_level: int = 5,
+        compression_threshold: int = 128,
+        compression_level: int = -1,
+    ) -> None:
+        self.origins = None if origins is None else frozenset(origins)
+        self.subprotocols = tuple(subprotocols or ())
+        #: The permessage-deflate settings, or ``None`` when compression is off.
+        self.deflate_options = deflate_options(
+            compression,
+            compression_window_bits,
+            compression_mem_level,
+            compression_threshold,
+            compression_level,
+        )
+        #: The keyword arguments of every :class:`Connection` made under this policy.
+        self.connection_options: dict[str, Any] = {
+            "max_size": max_size,
+            "max_queue": max_queue,
+            "close_timeout": close_timeout,
+            "ping_interval": ping_interval,
+            "ping_timeout": ping_timeout,
+            "send_timeout": send_timeout,
+        }
+
+    def open(
+        self,
+        sock: Any,
+        head: RequestHead,
+        request: Request,
+        *,
+        log: logging.Logger = logger,
+        leftover: bytes = b"",
+        answer: Optional[HandshakeAnswer] = None,
+        subprotocols: Optional[tuple[str, ...]] = None,
+    ) -> Connection:
+        """Check an upgrade request and make its connection, ready to accept.
+
+        Checks RFC 6455 (:func:`check_request`), the allowed ``origins`` (403) and the
+        compression offers (400 when invalid), raising :class:`InvalidRequest` with
+        the status to answer. ``log`` is the connection's logger; ``leftover`` the
+        bytes read past the request; ``answer`` replaces writing the handshake's answer
+        to ``sock``; ``subprotocols`` replaces the policy's own."""
+        key = check_request(head)
+        if self.origins is not None and request.origin not in self.origins:
+            raise InvalidRequest(403, f"origin {request.origin!r} not allowed")
+        deflate = None
+        if self.deflate_options is not None:
+            deflate = negotiate_server(head.headers, self.deflate_options)
+        connection = Connection(
+            sock,
+            Side.SERVER,
+            request=request,
+            remote_address=request.remote_address,
+            logger=log,
+            **self.connection_options,
+        )
+        supported = self.subprotocols if subprotocols is None else subprotocols
+        connection._prepare(key, leftover, supported, deflate, answer)
+        return connection
 
 
 def serve(

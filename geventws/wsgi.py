@@ -54,14 +54,12 @@ from .connection import (
     run_handler,
 )
 from .exceptions import ConnectionClosed, InvalidRequest
-from .extensions import deflate_options
 from .frames import CloseCode
 from .handshake import error_headers
 from .headers import Headers, HeadersLike, parse_token_list
 from .http11 import RequestHead
-from .protocol import Side
 from .request import Request
-from .server import Handler, check_upgrade
+from .server import Handler, UpgradePolicy
 
 __all__ = [
     "WebSocketMiddleware",
@@ -260,23 +258,22 @@ class WebSocketMiddleware:
         else:
             self._default = None
             self.routes = dict(routes)
-        self.origins = None if origins is None else frozenset(origins)
-        self.subprotocols = tuple(subprotocols or ())
-        self.deflate_options = deflate_options(
-            compression,
-            compression_window_bits,
-            compression_mem_level,
-            compression_threshold,
-            compression_level,
+        #: Origins, subprotocols, compression and the options of each connection.
+        self.policy = UpgradePolicy(
+            origins=origins,
+            subprotocols=subprotocols,
+            max_size=max_size,
+            max_queue=max_queue,
+            close_timeout=close_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            send_timeout=send_timeout,
+            compression=compression,
+            compression_window_bits=compression_window_bits,
+            compression_mem_level=compression_mem_level,
+            compression_threshold=compression_threshold,
+            compression_level=compression_level,
         )
-        self.connection_options: dict[str, Any] = {
-            "max_size": max_size,
-            "max_queue": max_queue,
-            "close_timeout": close_timeout,
-            "ping_interval": ping_interval,
-            "ping_timeout": ping_timeout,
-            "send_timeout": send_timeout,
-        }
         #: The open WebSocket connections whose handler is running.
         self.connections: set[Connection] = set()
 
@@ -326,32 +323,23 @@ class WebSocketMiddleware:
         """Validate an upgrade request: the error response's body, or the connection
         ready to accept (its handshake answered through ``start_response``)."""
         head, request = request_from_environ(environ)
-        address = request.remote_address
         reader = _reader_of(environ)
         try:
-            if environ.get("SERVER_PROTOCOL", "HTTP/1.1") == "HTTP/1.0":
-                raise InvalidRequest(400, "WebSocket needs HTTP/1.1 (RFC 6455 §4.1)")
-            key, deflate = check_upgrade(head, request, self.origins, self.deflate_options)
             if reader is None:
                 logger.error("%s", _TAKEOVER_HELP)
                 raise InvalidRequest(500, "Internal Server Error")
+            if environ.get("SERVER_PROTOCOL", "HTTP/1.1") == "HTTP/1.0":
+                raise InvalidRequest(400, "WebSocket needs HTTP/1.1 (RFC 6455 §4.1)")
+            sock = reader.raw._sock  # type: ignore[attr-defined]
+            answer = _WSGIAnswer(start_response, reader)
+            connection = self.policy.open(
+                sock, head, request, log=logger, answer=answer, subprotocols=subprotocols
+            )
         except InvalidRequest as exc:
-            log_refusal(logger, address, exc)
+            log_refusal(logger, request.remote_address, exc)
             return _error(start_response, exc.status, exc.message + "\n", exc.headers)
-        sock = reader.raw._sock  # type: ignore[attr-defined]
         if sock.family in (_socket.AF_INET, _socket.AF_INET6):
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-        answer = _WSGIAnswer(start_response, reader)
-        connection = Connection(
-            sock,
-            Side.SERVER,
-            request=request,
-            remote_address=address,
-            logger=logger,
-            **self.connection_options,
-        )
-        supported = self.subprotocols if subprotocols is None else subprotocols
-        connection._prepare(key, b"", supported, deflate, answer)
         return _Upgrade(self.connections, connection, answer)
 
     def close_all(

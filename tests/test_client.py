@@ -30,6 +30,8 @@ from geventws import (
 from geventws.examples.echo import handle as echo
 from geventws.uri import parse_uri
 
+from .utils import ThrowawayCA
+
 
 def ws_echo(ws: ServerConnection) -> None:
     for message in ws:
@@ -156,14 +158,9 @@ def test_iteration_ends_on_normal_close(ws_server: Any) -> None:
 
 
 def test_tls_with_test_certificate(ws_server: Any) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_context)
-    port = ws_server(ws_echo, ssl=server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    with geventws.connect(f"wss://localhost:{port}/", ssl=client_context) as ws:
+    tls = ThrowawayCA("localhost")
+    port = ws_server(ws_echo, ssl=tls.server_context)
+    with geventws.connect(f"wss://localhost:{port}/", ssl=tls.client_context) as ws:
         ws.send("secret")
         assert ws.receive(timeout=5) == "secret"
     # Without trusting the test CA, verification fails (the default context verifies).
@@ -172,14 +169,9 @@ def test_tls_with_test_certificate(ws_server: Any) -> None:
 
 
 def test_tls_against_geventws_server(serve: Any) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_context)
-    server = serve(echo, ssl_context=server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    with geventws.connect(f"wss://localhost:{server.port}/", ssl=client_context) as ws:
+    tls = ThrowawayCA("localhost")
+    server = serve(echo, ssl_context=tls.server_context)
+    with geventws.connect(f"wss://localhost:{server.port}/", ssl=tls.client_context) as ws:
         payload = os.urandom(500000)
         ws.send(payload, binary=True)
         assert ws.receive(timeout=10) == payload

@@ -17,7 +17,7 @@ from websockets.sync.client import connect
 from geventws.examples import ticker
 
 from .test_wsgi import pywsgi
-from .utils import start_serve_command, wait_for
+from .utils import ThrowawayCA, start_serve_command, wait_for
 
 
 def test_ticker_pushes_to_every_client(serve: Any) -> None:
@@ -101,14 +101,8 @@ def test_flask_pages_and_websocket_share_the_session(serve: Any) -> None:
 def test_cli_wsgi_over_tls(tmp_path: Path) -> None:
     """``--wsgi`` with ``--certfile``: the page over HTTPS and the WebSocket over wss://
     on one port, verified against a test CA."""
-    import ssl
-
-    import trustme
-
-    ca = trustme.CA()
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(tmp_path / "s.pem")
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
+    tls = ThrowawayCA("127.0.0.1")
+    tls.cert.private_key_and_cert_chain_pem.write_to_path(tmp_path / "s.pem")
     process, port = start_serve_command(
         [
             "geventws.examples.chat:handle",
@@ -121,10 +115,10 @@ def test_cli_wsgi_over_tls(tmp_path: Path) -> None:
     )
     try:
         with requests.Session() as session:
-            ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+            tls.ca.cert_pem.write_to_path(tmp_path / "ca.pem")
             page = session.get(f"https://127.0.0.1:{port}/", verify=str(tmp_path / "ca.pem"))
             assert page.status_code == 200 and "geventws chat" in page.text
-        with connect(f"wss://127.0.0.1:{port}/chat?name=tls", ssl=context) as ws:
+        with connect(f"wss://127.0.0.1:{port}/chat?name=tls", ssl=tls.client_context) as ws:
             assert json.loads(ws.recv(timeout=10))["name"] == "tls"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

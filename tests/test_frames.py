@@ -16,6 +16,8 @@ from geventws.frames import (
     serialize_close,
 )
 
+from .utils import SENDABLE_CLOSE_CODES
+
 
 # §5.2 base framing: shortest length encoding
 @pytest.mark.parametrize(
@@ -64,27 +66,7 @@ def test_compiled_accelerator_is_built() -> None:
 
 
 # §7.4 close codes
-@pytest.mark.parametrize(
-    "code",
-    [
-        1000,
-        1001,
-        1002,
-        1003,
-        1007,
-        1008,
-        1009,
-        1010,
-        1011,
-        1012,
-        1013,
-        1014,
-        3000,
-        3999,
-        4000,
-        4999,
-    ],
-)
+@pytest.mark.parametrize("code", SENDABLE_CLOSE_CODES)
 def test_close_code_valid(code: int) -> None:
     assert is_valid_close_code(code)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import queue
 import socket
-import ssl
 import struct
 import time
 from typing import Any
@@ -32,7 +31,7 @@ from geventws import (
 )
 from geventws.examples.echo import handle as echo
 
-from .utils import RawClient, client_frame, wait_for
+from .utils import RawClient, ThrowawayCA, client_frame, wait_for
 
 
 def test_echo_with_websockets_client(serve: Any) -> None:
@@ -439,15 +438,9 @@ def test_server_stop_closes_connections_with_1001(serve: Any) -> None:
 
 
 def test_tls(serve: Any) -> None:
-    trustme = pytest.importorskip("trustme")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    server = serve(echo, ssl_context=server_context)
-    with connect(f"wss://127.0.0.1:{server.port}", ssl=client_context) as ws:
+    tls = ThrowawayCA()
+    server = serve(echo, ssl_context=tls.server_context)
+    with connect(f"wss://127.0.0.1:{server.port}", ssl=tls.client_context) as ws:
         ws.send("secure")
         assert ws.recv() == "secure"
         big = b"b" * 300000

@@ -267,3 +267,28 @@ def start_serve_command(args: list[str], log_path: Path) -> tuple[subprocess.Pop
         process.wait()
         raise RuntimeError(f"geventws serve did not start: {log_path.read_text()}")
     return process, port
+
+
+#: Close codes an endpoint may send (RFC 6455 §7.4), for tests on both sides.
+SENDABLE_CLOSE_CODES = [
+    1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
+    3000, 3999, 4000, 4999,
+]  # fmt: skip
+
+
+class ThrowawayCA:
+    """A throwaway certificate authority (trustme) and the contexts that use it."""
+
+    def __init__(self, *hostnames: str) -> None:
+        import ssl
+
+        import trustme
+
+        self.ca = trustme.CA()
+        self.cert = self.ca.issue_cert(*(hostnames or ("127.0.0.1", "localhost")))
+        #: A server context with the certificate.
+        self.server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.cert.configure_cert(self.server_context)
+        #: A client context that trusts the authority (and verifies as usual).
+        self.client_context = ssl.create_default_context()
+        self.ca.configure_trust(self.client_context)

@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..utils import client_frame
+from ..utils import SENDABLE_CLOSE_CODES, client_frame
 
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 1, 2, 0, 8, 9, 10
 MiB = 2**20
@@ -552,24 +552,7 @@ def closing() -> list[Case]:
             1007,
         ),
     ]
-    for code in (
-        1000,
-        1001,
-        1002,
-        1003,
-        1007,
-        1008,
-        1009,
-        1010,
-        1011,
-        1012,
-        1013,
-        1014,
-        3000,
-        3999,
-        4000,
-        4999,
-    ):
+    for code in SENDABLE_CLOSE_CODES:
         cases.append(
             Case(f"7.7.valid-code-{code}", [close(code)], [], close=code, clean_close=False)
         )
