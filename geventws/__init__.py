@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from .client import connect
 from .connection import Connection, broadcast
+from .core.frames import CloseCode
+from .core.headers import Headers
+from .core.request import Request
 from .exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -21,9 +24,6 @@ from .exceptions import (
     ProtocolError,
     WebSocketError,
 )
-from .frames import CloseCode
-from .headers import Headers
-from .request import Request
 from .server import WebSocketServer, serve
 
 __version__ = "0.1.0"

@@ -18,13 +18,13 @@ import gevent.socket
 import gevent.ssl
 
 from .connection import Connection, read_head
+from .core.deflate import Deflate, DeflateOptions, client_offer, deflate_options, negotiate_client
+from .core.handshake import check_response, client_request, generate_key
+from .core.headers import Headers, HeadersLike
+from .core.http11 import parse_response
+from .core.protocol import Protocol, Side
+from .core.uri import WebSocketURI, parse_uri
 from .exceptions import InvalidHandshake, InvalidRequest, InvalidResponse, InvalidURI
-from .extensions import Deflate, DeflateOptions, client_offer, deflate_options, negotiate_client
-from .handshake import check_response, client_request, generate_key
-from .headers import Headers, HeadersLike
-from .http11 import parse_response
-from .protocol import Protocol, Side
-from .uri import WebSocketURI, parse_uri
 
 __all__ = ["connect", "USER_AGENT", "MAX_REDIRECTS"]
 

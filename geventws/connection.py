@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Reading. Whoever needs bytes reads the socket itself: a handler blocked in
 :meth:`Connection.receive` with nothing queued calls ``recv`` *inline*, feeds
-:class:`~geventws.protocol.Protocol` and returns the first message, with no other
+:class:`~geventws.core.protocol.Protocol` and returns the first message, with no other
 greenlet involved. While nobody reads (the handler is busy elsewhere, or only pushes),
 an I/O watcher is armed on the socket; when bytes arrive, its callback spawns a
 short-lived *helper* greenlet that reads once, answers pings and sees a close, queues
@@ -48,6 +48,13 @@ from gevent import getcurrent
 from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
 
+from .core.deflate import Deflate
+from .core.frames import CloseCode
+from .core.handshake import accept_headers, reject_response, select_subprotocol
+from .core.headers import Headers, HeadersLike
+from .core.http11 import find_head_end, serialize_response
+from .core.protocol import Pong, Protocol, Side, State, prepare_frame
+from .core.request import Request
 from .exceptions import (
     ConnectionClosed,
     ConnectionClosedError,
@@ -56,13 +63,6 @@ from .exceptions import (
     InvalidState,
     ProtocolError,
 )
-from .extensions import Deflate
-from .frames import CloseCode
-from .handshake import accept_headers, reject_response, select_subprotocol
-from .headers import Headers, HeadersLike
-from .http11 import find_head_end, serialize_response
-from .protocol import Pong, Protocol, Side, State, prepare_frame
-from .request import Request
 
 __all__ = ["Connection", "Data", "broadcast"]
 

@@ -29,13 +29,13 @@ from .connection import (
     refuse,
     run_handler,
 )
+from .core.deflate import deflate_options, negotiate_server
+from .core.frames import CloseCode
+from .core.handshake import check_request
+from .core.http11 import RequestHead, parse_request
+from .core.protocol import Side
+from .core.request import Request
 from .exceptions import InvalidRequest
-from .extensions import deflate_options, negotiate_server
-from .frames import CloseCode
-from .handshake import check_request
-from .http11 import RequestHead, parse_request
-from .protocol import Side
-from .request import Request
 
 __all__ = ["WebSocketServer", "serve", "Handler", "DEFAULT_MAX_SIZE"]
 

@@ -53,12 +53,12 @@ from .connection import (
     log_refusal,
     run_handler,
 )
+from .core.frames import CloseCode
+from .core.handshake import error_headers
+from .core.headers import Headers, HeadersLike, parse_token_list
+from .core.http11 import RequestHead
+from .core.request import Request
 from .exceptions import ConnectionClosed, InvalidRequest
-from .frames import CloseCode
-from .handshake import error_headers
-from .headers import Headers, HeadersLike, parse_token_list
-from .http11 import RequestHead
-from .request import Request
 from .server import Handler, UpgradePolicy
 
 __all__ = [

@@ -27,8 +27,8 @@ from geventws import (
     InvalidResponse,
     InvalidURI,
 )
+from geventws.core.uri import parse_uri
 from geventws.examples.echo import handle as echo
-from geventws.uri import parse_uri
 
 from .utils import ThrowawayCA
 

@@ -16,14 +16,7 @@ from typing import Optional
 
 import pytest
 
-from geventws.exceptions import (
-    InvalidRequest,
-    InvalidResponse,
-    InvalidState,
-    PayloadTooBig,
-    ProtocolError,
-)
-from geventws.extensions import (
+from geventws.core.deflate import (
     Deflate,
     DeflateOptions,
     client_offer,
@@ -32,8 +25,15 @@ from geventws.extensions import (
     negotiate_server,
     parse_extensions,
 )
-from geventws.headers import Headers
-from geventws.protocol import Close, Ping, Protocol, Side
+from geventws.core.headers import Headers
+from geventws.core.protocol import Close, Ping, Protocol, Side
+from geventws.exceptions import (
+    InvalidRequest,
+    InvalidResponse,
+    InvalidState,
+    PayloadTooBig,
+    ProtocolError,
+)
 
 from .utils import client_frame
 

@@ -6,15 +6,15 @@ import os
 
 import pytest
 
-from geventws import frames
-from geventws.exceptions import ProtocolError
-from geventws.frames import (
+from geventws.core import frames
+from geventws.core.frames import (
     CloseCode,
     frame_header,
     is_valid_close_code,
     parse_close,
     serialize_close,
 )
+from geventws.exceptions import ProtocolError
 
 from .utils import SENDABLE_CLOSE_CODES
 

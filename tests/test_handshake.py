@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from geventws.exceptions import InvalidRequest, InvalidResponse
-from geventws.handshake import (
+from geventws.core.handshake import (
     accept_key,
     accept_response,
     check_request,
@@ -15,7 +14,8 @@ from geventws.handshake import (
     reject_response,
     select_subprotocol,
 )
-from geventws.http11 import parse_request, parse_response
+from geventws.core.http11 import parse_request, parse_response
+from geventws.exceptions import InvalidRequest, InvalidResponse
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from geventws.headers import Headers, parse_token_list
+from geventws.core.headers import Headers, parse_token_list
 
 
 def test_lookup_is_case_insensitive_and_keeps_order() -> None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from geventws.exceptions import InvalidRequest, InvalidResponse
-from geventws.http11 import (
+from geventws.core.http11 import (
     MAX_HEAD_SIZE,
     MAX_HEADERS,
     MAX_LINE_LENGTH,
@@ -14,6 +13,7 @@ from geventws.http11 import (
     parse_response,
     serialize_response,
 )
+from geventws.exceptions import InvalidRequest, InvalidResponse
 
 GOOD = b"GET /chat?x=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\r\n"
 

@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
+from geventws.core.protocol import Close, Ping, Pong, Protocol, Side, State
 from geventws.exceptions import InvalidState
-from geventws.protocol import Close, Ping, Pong, Protocol, Side, State
 
 from .utils import client_frame
 

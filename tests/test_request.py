@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from geventws.headers import Headers
-from geventws.request import Request
+from geventws.core.headers import Headers
+from geventws.core.request import Request
 
 
 def make(target: str = "/", **headers: str) -> Request:

@@ -6,15 +6,16 @@ import subprocess
 import sys
 
 CORE = [
-    "frames",
-    "protocol",
-    "handshake",
-    "http11",
-    "headers",
-    "request",
     "exceptions",
-    "extensions",
-    "uri",
+    "core",
+    "core.frames",
+    "core.protocol",
+    "core.handshake",
+    "core.http11",
+    "core.headers",
+    "core.request",
+    "core.deflate",
+    "core.uri",
 ]
 
 

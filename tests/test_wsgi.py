@@ -279,7 +279,7 @@ def test_a_failed_handshake_answer_closes_with_1006() -> None:
 
     from geventws import Connection, ConnectionClosedError, Headers, Request
     from geventws.connection import HandshakeAnswer
-    from geventws.protocol import Side
+    from geventws.core.protocol import Side
 
     class Failing(HandshakeAnswer):
         def accept(self, headers: Headers) -> bytes:

@@ -4,7 +4,7 @@ The server runs in a background thread with its own gevent hub, so blocking clie
 from other libraries (websockets' sync client, websocket-client, requests, raw sockets)
 can be used from the test itself without monkey-patching anything.
 
-The raw client builds frames with its own code, independent of geventws.frames, so that
+The raw client builds frames with its own code, independent of geventws.core.frames, so that
 the server is not only checked against itself.
 """
 

@@ -49,7 +49,7 @@ class Request:
 
     Attributes: ``method``, ``target`` (path and query as sent), ``path`` (decoded),
     ``query_string``, ``args`` (:class:`MultiDict`), ``headers``
-    (:class:`~geventws.headers.Headers`), ``cookies`` (name → value), ``origin``,
+    (:class:`~geventws.core.headers.Headers`), ``cookies`` (name → value), ``origin``,
     ``host``, ``subprotocols`` (offered, in the client's order), ``extensions`` (the
     raw ``Sec-WebSocket-Extensions`` values), ``remote_address`` and, under WSGI,
     ``environ``.

@@ -30,7 +30,7 @@ import re
 import zlib
 from typing import Iterable, Optional, Union
 
-from .exceptions import InvalidRequest, InvalidResponse, PayloadTooBig, ProtocolError
+from ..exceptions import InvalidRequest, InvalidResponse, PayloadTooBig, ProtocolError
 from .headers import Headers
 
 __all__ = [

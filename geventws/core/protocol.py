@@ -37,8 +37,8 @@ import os
 import struct
 from typing import Optional, Union
 
-from .exceptions import InvalidState, PayloadTooBig, ProtocolError
-from .extensions import Deflate
+from ..exceptions import InvalidState, PayloadTooBig, ProtocolError
+from .deflate import Deflate
 from .frames import (
     KNOWN_OPCODES,
     MAX_CONTROL_PAYLOAD,

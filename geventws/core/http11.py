@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Optional
 
-from .exceptions import InvalidRequest, InvalidResponse
+from ..exceptions import InvalidRequest, InvalidResponse
 from .headers import Headers, HeadersLike
 
 __all__ = [

@@ -1,7 +1,7 @@
 """WebSocket frames (RFC 6455 §5): opcodes, close codes, framing, masking, close payloads.
 
 Pure functions and constants; the incremental parser that applies them lives in
-:mod:`geventws.protocol`. Nothing here does I/O.
+:mod:`geventws.core.protocol`. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import enum
 import struct
 from typing import Callable, Optional, Union
 
-from .exceptions import ProtocolError
+from ..exceptions import ProtocolError
 
 __all__ = [
     "Opcode",
@@ -152,7 +152,7 @@ def _apply_mask_python(data: BytesLike, mask: BytesLike) -> bytes:
 
 apply_mask: Callable[[BytesLike, BytesLike], bytes]
 try:  # the compiled fast path, built by the package's own build when a compiler is there
-    from ._speedups import apply_mask as _apply_mask_c
+    from .._speedups import apply_mask as _apply_mask_c
 except ImportError:  # pragma: no cover - depends on the build
     apply_mask = _apply_mask_python
     SPEEDUPS = False

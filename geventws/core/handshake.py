@@ -13,7 +13,7 @@ import hashlib
 import os
 from typing import Optional, Sequence
 
-from .exceptions import InvalidRequest, InvalidResponse
+from ..exceptions import InvalidRequest, InvalidResponse
 from .headers import Headers, HeadersLike, parse_token_list
 from .http11 import RequestHead, ResponseHead, serialize_request, serialize_response
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import unquote, urlsplit
 
-from .exceptions import InvalidURI
+from ..exceptions import InvalidURI
 
 __all__ = ["WebSocketURI", "parse_uri"]
 
