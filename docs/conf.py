@@ -6,6 +6,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(".."))
+sys.path.insert(0, os.path.abspath("_ext"))
 
 import geventws  # noqa: E402
 
@@ -17,6 +18,7 @@ release = version = geventws.__version__
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.viewcode",
+    "geventws_options",
 ]
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"

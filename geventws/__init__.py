@@ -6,8 +6,9 @@ application.
 
 from __future__ import annotations
 
+from .broadcast import broadcast
 from .client import connect
-from .connection import Connection, broadcast
+from .connection import Connection
 from .core.frames import CloseCode
 from .core.headers import Headers
 from .core.request import Request

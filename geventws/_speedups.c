@@ -9,12 +9,14 @@
  * send_nowait(fds, data) -> list[tuple[int, int]]: one non-blocking send(2) of `data`
  * on each socket descriptor, for broadcasts. Returns only the sends that did not take
  * all of `data`, as (index in fds, bytes sent, 0 when it would block, or -errno).
- * Never blocks and never raises SIGPIPE. The fallback in connection.py does the same
+ * Never blocks and never raises SIGPIPE; a descriptor outside 0..INT_MAX raises
+ * ValueError before anything is sent. The fallback in _sockets.py does the same
  * with os.write.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 #ifndef _WIN32
@@ -94,6 +96,18 @@ send_nowait(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     count = PySequence_Fast_GET_SIZE(fds);
+    /* Check every descriptor before sending anything: one out of range is refused, never
+     * truncated into another descriptor. */
+    for (i = 0; i < count; i++) {
+        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(fds, i));
+
+        if (fd == -1 && PyErr_Occurred())
+            goto done;
+        if (fd < 0 || fd > INT_MAX) {
+            PyErr_Format(PyExc_ValueError, "descriptor out of range: %ld", fd);
+            goto done;
+        }
+    }
     result = PyList_New(0);
     if (result == NULL)
         goto done;
@@ -104,10 +118,6 @@ send_nowait(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyObject *item;
         int failed;
 
-        if (fd == -1 && PyErr_Occurred()) {
-            Py_CLEAR(result);
-            goto done;
-        }
         do {
             sent = send((int)fd, data.buf, (size_t)data.len, MSG_DONTWAIT | MSG_NOSIGNAL);
         } while (sent < 0 && errno == EINTR);

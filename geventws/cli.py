@@ -387,7 +387,7 @@ def _wsgi_server(
     from gevent.pool import Pool
     from gevent.pywsgi import WSGIServer
 
-    from .connection import _format_address
+    from ._sockets import format_address as _format_address
     from .wsgi import WebSocketMiddleware
 
     middleware = WebSocketMiddleware(app, handler, **options)

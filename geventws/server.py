@@ -12,90 +12,39 @@ from __future__ import annotations
 import logging
 import socket as _socket
 import time
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import gevent
-import gevent.ssl
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from .connection import (
-    Connection,
-    HandshakeAnswer,
-    _format_address,
-    end_connection,
-    log_refusal,
-    read_head,
-    refuse,
-    run_handler,
-)
-from .core.deflate import deflate_options, negotiate_server
+from ._deadline import Deadline
+from ._sockets import format_address, read_head, refuse, start_tls
+from .connection import Connection
 from .core.frames import CloseCode
-from .core.handshake import check_request
-from .core.http11 import RequestHead, parse_request
-from .core.protocol import Side
+from .core.http11 import parse_request
 from .core.request import Request
+from .core.server_handshake import rejection
 from .exceptions import InvalidRequest
+from .options import ServerOptions, resolve
+from .upgrade import Handler, UpgradePolicy, end_connection, log_refusal, run_handler
 
-__all__ = ["WebSocketServer", "serve", "Handler", "DEFAULT_MAX_SIZE"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["WebSocketServer", "serve", "Handler"]
 
 logger = logging.getLogger("geventws.server")
-
-Handler = Callable[[Connection, Request], Any]
-
-#: Default limit on a message's size: 1 MiB.
-DEFAULT_MAX_SIZE = 2**20
 
 
 class WebSocketServer(StreamServer):  # type: ignore[misc]
     """A WebSocket server on a gevent :class:`~gevent.server.StreamServer`.
 
     ``listener`` is an address ``(host, port)`` or a listening socket, ``handler`` a
-    function ``handler(connection, request)``. Options (the same names as
-    :func:`serve` and the ``geventws serve`` flags):
-
-    ``origins``
-        Allowed ``Origin`` values; other origins get HTTP 403 before the handler runs.
-        Include ``None`` to allow clients that send no ``Origin`` (non-browsers).
-        ``None`` (the default) allows every origin.
-    ``subprotocols``
-        Subprotocols the server supports, in order of preference; picked automatically
-        at :meth:`~Connection.accept` unless the handler chooses.
-    ``max_size``
-        The largest message accepted, in bytes (default 1 MiB); over it the connection
-        closes with 1009. ``None`` disables the limit.
-    ``max_queue``
-        How many received messages may wait for the handler before geventws stops
-        reading the socket (default 16); reading resumes at a quarter of it, or give
-        ``(high, low)``.
-    ``handshake_timeout``
-        Seconds a client has to send its complete upgrade request (default 10).
-    ``close_timeout``
-        Seconds to wait for the closing handshake and for writes during it (default 10).
-    ``ping_interval``, ``ping_timeout``
-        Keepalive: send a ping every ``ping_interval`` seconds (default 20); a peer that
-        doesn't answer within ``ping_timeout`` (default 20) is closed with 1011.
-        ``None`` turns either off.
-    ``send_timeout``
-        Seconds a write may wait for a client that doesn't read before the connection
-        is closed with 1008 (default ``None``: ``send()`` waits as long as it takes).
-    ``max_connections``
-        Connections served at once (handshakes included); beyond it new clients get
-        HTTP 503 with ``Retry-After`` (default ``None``: no limit).
-    ``compression``
-        ``"deflate"`` (the default) negotiates permessage-deflate (RFC 7692) with
-        clients that offer it; ``None`` turns compression off.
-    ``compression_window_bits``, ``compression_mem_level``
-        zlib's LZ77 window (9-15, default 12: 4 KiB) and hash-table size (1-9, default
-        5) for compressing; the server also asks clients to compress with that window
-        when they let it. Smaller means less memory per connection and less compression.
-    ``compression_threshold``
-        Messages shorter than this many bytes are sent uncompressed (default 128).
-    ``compression_level``
-        zlib's compression level, 0-9 (default -1: zlib's default, 6). Lower is
-        faster with less compression.
-    ``ssl_context``
-        An :class:`ssl.SSLContext` to serve ``wss://``.
+    function ``handler(connection, request)``. The keyword ``options`` are those of
+    the ``connection``, ``upgrade`` and ``server`` scopes of :doc:`/options` (the same
+    names as :func:`serve` and the ``geventws serve`` flags); an unknown name raises
+    :class:`TypeError`.
 
     ``start()``, ``serve_forever()``, ``stop(timeout)`` and the context-manager form
     come from gevent; :meth:`stop` first closes every connection with 1001.
@@ -105,52 +54,22 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         self,
         listener: Union[tuple[str, int], Any],
         handler: Handler,
-        *,
-        origins: Optional[Iterable[Optional[str]]] = None,
-        subprotocols: Optional[Iterable[str]] = None,
-        max_size: Optional[int] = DEFAULT_MAX_SIZE,
-        max_queue: Union[int, tuple[int, int]] = 16,
-        handshake_timeout: float = 10.0,
-        close_timeout: float = 10.0,
-        ping_interval: Optional[float] = 20.0,
-        ping_timeout: Optional[float] = 20.0,
-        send_timeout: Optional[float] = None,
-        max_connections: Optional[int] = None,
-        compression: Optional[str] = "deflate",
-        compression_window_bits: int = 12,
-        compression_mem_level: int = 5,
-        compression_threshold: int = 128,
-        compression_level: int = -1,
-        ssl_context: Any = None,
-        backlog: Optional[int] = None,
+        **options: Unpack[ServerOptions],
     ) -> None:
+        values = resolve("server", options, "WebSocketServer")
         kwargs: dict[str, Any] = {}
-        if backlog is not None:
-            kwargs["backlog"] = backlog
+        if values["backlog"] is not None:
+            kwargs["backlog"] = values["backlog"]
         super().__init__(listener, self._serve_connection, spawn=Pool(), **kwargs)
         self.handler = handler
-        self.handshake_timeout = handshake_timeout
-        self.close_timeout = close_timeout
-        self.max_connections = max_connections
-        #: Origins, subprotocols, compression and the options of each connection.
-        self.policy = UpgradePolicy(
-            origins=origins,
-            subprotocols=subprotocols,
-            max_size=max_size,
-            max_queue=max_queue,
-            close_timeout=close_timeout,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            send_timeout=send_timeout,
-            compression=compression,
-            compression_window_bits=compression_window_bits,
-            compression_mem_level=compression_mem_level,
-            compression_threshold=compression_threshold,
-            compression_level=compression_level,
-        )
+        self.handshake_timeout: float = values["handshake_timeout"]
+        self.close_timeout: float = values["close_timeout"]
+        self.max_connections: Optional[int] = values["max_connections"]
+        #: Origins, subprotocols, compression and the settings of each connection.
+        self.policy = UpgradePolicy(values)
         # TLS is wrapped here rather than by StreamServer, so that a standard-library
         # context works without monkey-patching and the TLS handshake shares the deadline.
-        self.ssl_context = ssl_context
+        self.ssl_context = values["ssl_context"]
         #: The connections whose handler is running, for broadcasts and metrics. A
         #: connection joins when its handler starts (its handshake may still be pending
         #: for a moment; :func:`~geventws.broadcast` skips those and closed ones) and
@@ -163,7 +82,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         """Start accepting connections in the background (see gevent's ``start``)."""
         super().start()
         host, port = self.address[:2] if isinstance(self.address, tuple) else (self.address, "")
-        logger.info("listening on %s", _format_address((host, port)) if port else host)
+        logger.info("listening on %s", format_address((host, port)) if port else host)
 
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop accepting, close every connection with 1001 (going away), wait up to
@@ -188,26 +107,12 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             if sock.family in (_socket.AF_INET, _socket.AF_INET6):
                 sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
             if self.max_connections is not None and len(self.pool) > self.max_connections:
-                logger.warning(
-                    "too many connections (%d): refusing %s with 503",
-                    self.max_connections,
-                    _format_address(address),
-                )
-                # Read the request first (briefly): answering before it arrived lets the
-                # client's request hit a closing socket, which resets the connection and
-                # loses the 503.
-                try:
-                    with gevent.Timeout(1.0, False):
-                        read_head(sock)
-                except (OSError, InvalidRequest):
-                    pass
-                refuse(
-                    sock, 503, "Too many connections, retry later\n", [("Retry-After", "5")], 1.0
-                )
+                self._refuse_busy(sock, address)
                 return
             connection = self._handshake(sock, address)
             if connection is not None:
-                self._run_handler(connection)
+                self.connections.add(connection)
+                run_handler(self.handler, connection, logger)
         finally:
             if connection is None:
                 sock.close()
@@ -215,138 +120,69 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
                 self.connections.discard(connection)
                 end_connection(connection, started, logger)
 
+    def _refuse_busy(self, sock: Any, address: Any) -> None:
+        logger.warning(
+            "too many connections (%d): refusing %s with 503",
+            self.max_connections,
+            format_address(address),
+        )
+        # Read the request first (briefly): answering before it arrived lets the
+        # client's request hit a closing socket, which resets the connection and loses
+        # the 503.
+        try:
+            with Deadline(1.0).timeout():
+                read_head(sock)
+        except (OSError, InvalidRequest, TimeoutError):
+            pass
+        answer = rejection(503, "Too many connections, retry later\n", [("Retry-After", "5")])
+        refuse(sock, answer, 1.0)
+
     def _handshake(self, sock: Any, address: Any) -> Optional[Connection]:
         """Read and validate the upgrade request; answer errors; return the connection
         (not yet accepted), or ``None`` once a refused or missing request is dealt with
         and the socket closed.
 
         The TLS handshake, if any, and the request must both arrive within
-        ``handshake_timeout``.
+        ``handshake_timeout``; whatever goes wrong, every socket made here is closed
+        before this returns.
         """
         connection: Optional[Connection] = None
-        timeout = gevent.Timeout(self.handshake_timeout)
-        timeout.start()
+        deadline = Deadline(self.handshake_timeout, "handshake timed out")
         try:
-            if self.ssl_context is not None:
-                sock = gevent.ssl.SSLSocket(sock=sock, server_side=True, _context=self.ssl_context)
-            received = read_head(sock)
+            with deadline.timeout():
+                if self.ssl_context is not None:
+                    sock = start_tls(sock, self.ssl_context, server_side=True)
+                received = read_head(sock)
             if received is None:
                 return None
-            timeout.close()
             raw_head, leftover = received
             head = parse_request(raw_head)
             request = Request(head.method, head.target, head.headers, address)
-            connection = self.policy.open(sock, head, request, leftover=leftover)
+            connection = self.policy.open(sock, head, request, log=logger, leftover=leftover)
             return connection
-        except gevent.Timeout as exc:
-            if exc is not timeout:
-                raise
-            logger.info("handshake timed out: %s", _format_address(address))
+        except TimeoutError:
+            logger.info("handshake timed out: %s", format_address(address))
             return None
         except InvalidRequest as exc:
             log_refusal(logger, address, exc)
-            refuse(sock, exc.status, exc.message + "\n", exc.headers, self.close_timeout)
+            answer = rejection(exc.status, exc.message + "\n", exc.headers)
+            refuse(sock, answer, self.close_timeout)
             return None
         except OSError as exc:  # includes ssl.SSLError
-            logger.debug("handshake aborted: %s %s", _format_address(address), exc)
+            logger.debug("handshake aborted: %s %s", format_address(address), exc)
             return None
         finally:
-            timeout.close()
             if connection is None:
                 sock.close()
-
-    def _run_handler(self, connection: Connection) -> None:
-        self.connections.add(connection)
-        run_handler(self.handler, connection, logger)
-
-
-class UpgradePolicy:
-    """What a server decides about every upgrade request, and how it makes its
-    connections; shared by :class:`WebSocketServer` and
-    :class:`geventws.wsgi.WebSocketMiddleware`, whose options of the same names it
-    takes (see :class:`WebSocketServer`)."""
-
-    def __init__(
-        self,
-        *,
-        origins: Optional[Iterable[Optional[str]]] = None,
-        subprotocols: Optional[Iterable[str]] = None,
-        max_size: Optional[int] = DEFAULT_MAX_SIZE,
-        max_queue: Union[int, tuple[int, int]] = 16,
-        close_timeout: float = 10.0,
-        ping_interval: Optional[float] = 20.0,
-        ping_timeout: Optional[float] = 20.0,
-        send_timeout: Optional[float] = None,
-        compression: Optional[str] = "deflate",
-        compression_window_bits: int = 12,
-        compression_mem_level: int = 5,
-        compression_threshold: int = 128,
-        compression_level: int = -1,
-    ) -> None:
-        self.origins = None if origins is None else frozenset(origins)
-        self.subprotocols = tuple(subprotocols or ())
-        #: The permessage-deflate settings, or ``None`` when compression is off.
-        self.deflate_options = deflate_options(
-            compression,
-            compression_window_bits,
-            compression_mem_level,
-            compression_threshold,
-            compression_level,
-        )
-        #: The keyword arguments of every :class:`Connection` made under this policy.
-        self.connection_options: dict[str, Any] = {
-            "max_size": max_size,
-            "max_queue": max_queue,
-            "close_timeout": close_timeout,
-            "ping_interval": ping_interval,
-            "ping_timeout": ping_timeout,
-            "send_timeout": send_timeout,
-        }
-
-    def open(
-        self,
-        sock: Any,
-        head: RequestHead,
-        request: Request,
-        *,
-        log: logging.Logger = logger,
-        leftover: bytes = b"",
-        answer: Optional[HandshakeAnswer] = None,
-        subprotocols: Optional[tuple[str, ...]] = None,
-    ) -> Connection:
-        """Check an upgrade request and make its connection, ready to accept.
-
-        Checks RFC 6455 (:func:`check_request`), the allowed ``origins`` (403) and the
-        compression offers (400 when invalid), raising :class:`InvalidRequest` with
-        the status to answer. ``log`` is the connection's logger; ``leftover`` the
-        bytes read past the request; ``answer`` replaces writing the handshake's answer
-        to ``sock``; ``subprotocols`` replaces the policy's own."""
-        key = check_request(head)
-        if self.origins is not None and request.origin not in self.origins:
-            raise InvalidRequest(403, f"origin {request.origin!r} not allowed")
-        deflate = None
-        if self.deflate_options is not None:
-            deflate = negotiate_server(head.headers, self.deflate_options)
-        connection = Connection(
-            sock,
-            Side.SERVER,
-            request=request,
-            remote_address=request.remote_address,
-            logger=log,
-            **self.connection_options,
-        )
-        supported = self.subprotocols if subprotocols is None else subprotocols
-        connection._prepare(key, leftover, supported, deflate, answer)
-        return connection
 
 
 def serve(
     handler: Handler,
     host: str = "127.0.0.1",
     port: int = 8000,
-    **options: Any,
+    **options: Unpack[ServerOptions],
 ) -> None:
     """Run a :class:`WebSocketServer` for ``handler`` on ``host``:``port`` until it is
-    stopped. ``options`` are :class:`WebSocketServer`'s keyword arguments."""
+    stopped. ``options`` are :class:`WebSocketServer`'s."""
     server = WebSocketServer((host, port), handler, **options)
     server.serve_forever()

@@ -40,26 +40,26 @@ import socket as _socket
 import time
 import weakref
 from http import HTTPStatus
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Mapping, Optional, Union
 from urllib.parse import quote
 
 import gevent
 from gevent.pywsgi import WSGIHandler
 
-from .connection import (
-    Connection,
-    HandshakeAnswer,
-    end_connection,
-    log_refusal,
-    run_handler,
-)
+from ._deadline import Deadline
+from .connection import Connection, HandshakeAnswer
 from .core.frames import CloseCode
 from .core.handshake import error_headers
 from .core.headers import Headers, HeadersLike, parse_token_list
 from .core.http11 import RequestHead
 from .core.request import Request
+from .core.server_handshake import Accepted, Rejected
 from .exceptions import ConnectionClosed, InvalidRequest
-from .server import Handler, UpgradePolicy
+from .options import UpgradeOptions, resolve
+from .upgrade import Handler, UpgradePolicy, end_connection, log_refusal, run_handler
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = [
     "WebSocketMiddleware",
@@ -130,8 +130,11 @@ def _reader_of(environ: Mapping[str, Any]) -> Optional[io.BufferedReader]:
 
 def _buffered(reader: io.BufferedReader) -> bytes:
     """Bytes already read past the request (the client's first frames), without
-    waiting for more: the socket is non-blocking for the moment of the peek."""
+    waiting for more: the socket is non-blocking for the moment of the peek. Raises
+    :class:`OSError` when the WSGI server already closed the connection."""
     sock = reader.raw._sock  # type: ignore[attr-defined]
+    if sock is None or reader.closed:
+        raise ConnectionAbortedError("the WSGI server closed the connection")
     timeout = sock.gettimeout()
     sock.settimeout(0.0)
     try:
@@ -154,15 +157,16 @@ class _WSGIAnswer(HandshakeAnswer):
         self.accepted = False
         self.body: Optional[bytes] = None
 
-    def accept(self, headers: Headers) -> bytes:
-        write = self.start_response("101 Switching Protocols", headers.items())
-        write(b"")  # pywsgi sends the status line and headers now, with no body
+    def accept(self, sock: Any, accepted: Accepted, leftover: bytes, deadline: Deadline) -> bytes:
+        with deadline.timeout():
+            write = self.start_response("101 Switching Protocols", accepted.headers.items())
+            write(b"")  # pywsgi sends the status line and headers now, with no body
         self.accepted = True
         return _buffered(self.reader)
 
-    def reject(self, status: int, body: bytes, headers: Optional[HeadersLike]) -> None:
-        self.start_response(_status_line(status), error_headers(body, headers).items())
-        self.body = body
+    def reject(self, sock: Any, rejected: Rejected, timeout: float) -> None:
+        self.start_response(_status_line(rejected.status), rejected.headers.items())
+        self.body = rejected.body
 
 
 def _status_line(status: int) -> str:
@@ -221,12 +225,10 @@ class WebSocketMiddleware:
     gets 426 Upgrade Required when there is no ``app`` (``app=None``) or when
     ``routes`` is a mapping.
 
-    Options: ``origins``, ``subprotocols``, ``max_size``, ``max_queue``,
-    ``close_timeout``, ``ping_interval``, ``ping_timeout``, ``send_timeout`` and the
-    ``compression*`` options, with the same meanings and defaults as on
-    :class:`~geventws.WebSocketServer`. The WSGI server owns accepting, TLS and the
-    request deadline, so ``handshake_timeout``, ``max_connections`` and
-    ``ssl_context`` are its business.
+    Options: those of the ``connection`` and ``upgrade`` scopes of :doc:`/options`,
+    with the same meanings and defaults as on :class:`~geventws.WebSocketServer`. The
+    WSGI server owns accepting, TLS and the request deadline, so ``handshake_timeout``,
+    ``max_connections`` and ``ssl_context`` are its business.
 
     ``connections`` is the live set of open WebSocket connections, as on the standalone
     server; :meth:`close_all` closes them (with 1001 by default) for a graceful stop.
@@ -236,20 +238,7 @@ class WebSocketMiddleware:
         self,
         app: Optional[WSGIApp],
         routes: Union[Handler, Mapping[str, Handler]],
-        *,
-        origins: Optional[Iterable[Optional[str]]] = None,
-        subprotocols: Optional[Iterable[str]] = None,
-        max_size: Optional[int] = 2**20,
-        max_queue: Union[int, tuple[int, int]] = 16,
-        close_timeout: float = 10.0,
-        ping_interval: Optional[float] = 20.0,
-        ping_timeout: Optional[float] = 20.0,
-        send_timeout: Optional[float] = None,
-        compression: Optional[str] = "deflate",
-        compression_window_bits: int = 12,
-        compression_mem_level: int = 5,
-        compression_threshold: int = 128,
-        compression_level: int = -1,
+        **options: Unpack[UpgradeOptions],
     ) -> None:
         self.app = app
         if callable(routes):
@@ -258,22 +247,8 @@ class WebSocketMiddleware:
         else:
             self._default = None
             self.routes = dict(routes)
-        #: Origins, subprotocols, compression and the options of each connection.
-        self.policy = UpgradePolicy(
-            origins=origins,
-            subprotocols=subprotocols,
-            max_size=max_size,
-            max_queue=max_queue,
-            close_timeout=close_timeout,
-            ping_interval=ping_interval,
-            ping_timeout=ping_timeout,
-            send_timeout=send_timeout,
-            compression=compression,
-            compression_window_bits=compression_window_bits,
-            compression_mem_level=compression_mem_level,
-            compression_threshold=compression_threshold,
-            compression_level=compression_level,
-        )
+        #: Origins, subprotocols, compression and the settings of each connection.
+        self.policy = UpgradePolicy(resolve("middleware", options, "WebSocketMiddleware"))
         #: The open WebSocket connections whose handler is running.
         self.connections: set[Connection] = set()
 
@@ -352,7 +327,14 @@ class WebSocketMiddleware:
 
 
 def _close(connections: list[Connection], code: int, reason: str) -> None:
-    greenlets = [gevent.spawn(connection.close, code, reason) for connection in connections]
+    """Close the open ones of ``connections`` in parallel. A connection whose handshake
+    is still pending is left to its handler: answering it belongs to the greenlet that
+    runs the WSGI request, and it is closed when the handler ends."""
+    greenlets = [
+        gevent.spawn(connection.close, code, reason)
+        for connection in connections
+        if not connection.handshake_pending
+    ]
     gevent.joinall(greenlets)
 
 
@@ -438,7 +420,7 @@ def _detach_legacy(environ: dict[str, Any]) -> None:
     """A middleware inside :class:`WebSocketHandler` serves its own routes: the
     handler's not-yet-used ``wsgi.websocket`` is withdrawn."""
     legacy = environ.get("wsgi.websocket")
-    if isinstance(legacy, WebSocket) and legacy.connection._protocol is None:
+    if isinstance(legacy, WebSocket) and legacy.connection.handshake_pending:
         legacy._dead = True
         environ["wsgi.websocket"] = None
 
@@ -449,7 +431,7 @@ class _Legacy:
     application first uses it (so an application that answers over HTTP instead, or a
     :class:`WebSocketMiddleware` inside it, still can)."""
 
-    def __init__(self, app: WSGIApp, options: dict[str, Any]) -> None:
+    def __init__(self, app: WSGIApp, options: UpgradeOptions) -> None:
         self.app = app
         self.settings = WebSocketMiddleware(None, {}, **options)
 
@@ -511,7 +493,7 @@ class WebSocketHandler(WSGIHandler):  # type: ignore[misc]
     :class:`WebSocketMiddleware` options) to change limits and timeouts.
     """
 
-    websocket_options: ClassVar[dict[str, Any]] = {}
+    websocket_options: ClassVar[UpgradeOptions] = {}
     application: Any  # set by pywsgi for each request
 
     def run_application(self) -> None:

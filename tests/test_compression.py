@@ -25,8 +25,7 @@ from websockets.sync.client import connect as ws_connect
 from websockets.sync.server import ServerConnection
 
 import geventws
-from geventws import Connection, InvalidResponse, Request
-from geventws import connection as connection_module
+from geventws import Connection, InvalidResponse, Request, _sockets, _writer
 from geventws.examples.echo import handle as echo
 
 from .utils import RawClient, client_frame, wait_for
@@ -267,7 +266,7 @@ def test_broadcast_to_compressed_and_plain_clients(
     own messages afterwards still decode (its context was dropped correctly). With the
     compiled batch of sends and with its pure-Python fallback."""
     if implementation == "python":
-        monkeypatch.setattr(connection_module, "send_nowait", connection_module._send_nowait_python)
+        monkeypatch.setattr(_writer, "send_nowait", _sockets._send_nowait_python)
     holder: dict[str, Any] = {}
 
     def handler(connection: Connection, request: Request) -> None:

@@ -27,6 +27,7 @@ from geventws.core.deflate import (
 )
 from geventws.core.headers import Headers
 from geventws.core.protocol import Close, Ping, Protocol, Side
+from geventws.core.shared import SharedMessage
 from geventws.exceptions import (
     InvalidRequest,
     InvalidResponse,
@@ -374,7 +375,7 @@ def test_server_resets_inflater_when_client_has_no_context_takeover() -> None:
 
 @pytest.mark.parametrize("fragment", [1, 7, 100, 4096])
 def test_fragmented_compressed_message_with_interleaved_pings(fragment: int) -> None:
-    protocol = deflate_server(max_size=None)
+    protocol = deflate_server(max_size=None, max_fragments=None)  # one-byte fragments too
     text = " κόσμε ".join(str(i * i) for i in range(2000))
     payload = deflate(text.encode())
     assert len(payload) > 4096
@@ -605,7 +606,7 @@ def test_send_fragments_rsv1_on_the_first_frame_only(compressed: bool) -> None:
             with pytest.raises(InvalidState):
                 protocol.send_text(b"a whole message")
             with pytest.raises(InvalidState):
-                protocol.send_frame(b"\x81\x00")
+                protocol.send_shared(SharedMessage("a shared message"))
     frames = server_frames(b"".join(protocol.data_to_send()))
     expected_first = 0x41 if compressed else 0x01
     assert [b0 for b0, _ in frames] == [expected_first, 0x89, 0x00, 0x80]

@@ -113,6 +113,10 @@ def test_sigterm_closes_websockets_with_1001_and_exits(gunicorn: type) -> None:
             ws.recv(timeout=30)
         assert ws.close_code == 1001
     assert server.process.wait(timeout=30) == 0
+    # Stopping with a WebSocket open used to log ConcurrentObjectUseError from closing
+    # the socket while the handler was still reading it.
+    log = server.log.read_text()
+    assert "ConcurrentObjectUseError" not in log and "Traceback" not in log, log
 
 
 def test_plain_gevent_worker_refuses_with_a_pointer_to_ours(gunicorn: type) -> None:

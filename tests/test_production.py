@@ -227,17 +227,21 @@ def test_thousands_of_connections_leave_nothing_behind(serve: Any) -> None:
     # The fixture then checks file descriptors and greenlets.
 
 
+def _send_nowait(implementation: str) -> Any:
+    """The compiled batch of non-blocking sends, or its pure-Python fallback."""
+    from geventws import _sockets as module
+
+    if implementation == "python":
+        return module._send_nowait_python
+    if module.send_nowait is module._send_nowait_python:
+        pytest.skip("the compiled accelerator is not built")
+    return module.send_nowait
+
+
 @pytest.mark.parametrize("implementation", ["compiled", "python"])
 def test_send_nowait_reports_sent_would_block_and_errors(implementation: str) -> None:
     """The batch of non-blocking sends behind broadcast(), in both implementations."""
-    from geventws import connection as module
-
-    if implementation == "compiled":
-        if module.send_nowait is module._send_nowait_python:
-            pytest.skip("the compiled accelerator is not built")
-        send_nowait = module.send_nowait
-    else:
-        send_nowait = module._send_nowait_python
+    send_nowait = _send_nowait(implementation)
     ok, ok_peer = socket.socketpair()
     full, full_peer = socket.socketpair()
     dead, dead_peer = socket.socketpair()
@@ -262,3 +266,22 @@ def test_send_nowait_reports_sent_would_block_and_errors(implementation: str) ->
     finally:
         for sock in (ok, ok_peer, full, full_peer, dead):
             sock.close()
+
+
+@pytest.mark.parametrize("implementation", ["compiled", "python"])
+def test_send_nowait_refuses_descriptors_out_of_range(implementation: str) -> None:
+    """A descriptor over INT_MAX is refused, never truncated into another one (2**32 + n
+    used to be written to descriptor n)."""
+    send_nowait = _send_nowait(implementation)
+    ours, peer = socket.socketpair()
+    try:
+        ours.setblocking(False)
+        peer.setblocking(False)
+        for bad in (2**32 + ours.fileno(), -1, 2**31):
+            with pytest.raises(ValueError, match="out of range"):
+                send_nowait([ours.fileno(), bad], b"hello")
+        with pytest.raises(BlockingIOError):
+            peer.recv(10)  # nothing was sent, not even to the valid descriptor
+    finally:
+        ours.close()
+        peer.close()

@@ -291,11 +291,11 @@ def test_no_max_size() -> None:
 # -- §7 closing ----------------------------------------------------------------------
 
 
-def test_close_is_echoed_with_the_same_code() -> None:
+def test_close_is_echoed_with_its_code_and_reason() -> None:
     p = server()
     events = p.receive_data(frame(8, b"\x0f\xa0bye"))
     assert events == [Close(4000, "bye")]
-    assert sent(p) == b"\x88\x02\x0f\xa0"
+    assert sent(p) == b"\x88\x05\x0f\xa0bye"
     assert p.state is State.CLOSED and p.close_transport
 
 

@@ -378,7 +378,7 @@ def test_slow_handler_pushes_back_on_the_client(serve: Any) -> None:
         connection.accept()
         while release.empty():  # a handler busy elsewhere
             gevent.sleep(0.01)
-        results.put(len(connection._messages))
+        results.put(len(connection._transport.reader.messages))  # type: ignore[union-attr]
         count = 0
         for _ in connection:
             count += 1

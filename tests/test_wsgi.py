@@ -279,16 +279,34 @@ def test_a_failed_handshake_answer_closes_with_1006() -> None:
 
     from geventws import Connection, ConnectionClosedError, Headers, Request
     from geventws.connection import HandshakeAnswer
+    from geventws.core.http11 import RequestHead
     from geventws.core.protocol import Side
+    from geventws.core.server_handshake import ServerHandshake
+    from geventws.options import ConnectionSettings
 
     class Failing(HandshakeAnswer):
-        def accept(self, headers: Headers) -> bytes:
+        def accept(self, *args: Any) -> bytes:
             raise BrokenPipeError(32, "the client is gone")
 
+    headers = Headers(
+        [
+            ("Host", "example.com"),
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ]
+    )
     ours, theirs = gevent.socket.socketpair()
     try:
-        connection = Connection(ours, Side.SERVER, request=Request("GET", "/", Headers()))
-        connection._prepare("dGhlIHNhbXBsZSBub25jZQ==", b"", (), None, Failing())
+        connection = Connection(
+            ours,
+            Side.SERVER,
+            ConnectionSettings.defaults(),
+            handshake=ServerHandshake(RequestHead("GET", "/", headers)),
+            request=Request("GET", "/", headers),
+            answer=Failing(),
+        )
         with pytest.raises(ConnectionClosedError) as info:
             connection.accept()
         assert info.value.code == 1006 and connection.closed

@@ -163,25 +163,13 @@ def xor(data: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(data, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
 
 
-class RawClient:
-    """A WebSocket client on a plain socket, for sending what well-behaved clients can't."""
+class RawPeer:
+    """A WebSocket peer on a plain, already connected socket, with its own framing code:
+    sends what well-behaved clients can't, and checks the bytes on the wire."""
 
-    def __init__(
-        self, port: int, path: str = "/", headers: str = "", timeout: float = 10.0
-    ) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
         self.buffer = b""
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            (
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                f"Sec-WebSocket-Version: 13\r\n{headers}\r\n"
-            ).encode()
-        )
-        head = self._read_until(b"\r\n\r\n")
-        self.status = int(head.split(b" ", 2)[1])
-        self.head = head
 
     def _read_until(self, marker: bytes) -> bytes:
         while marker not in self.buffer:
@@ -239,6 +227,26 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class RawClient(RawPeer):
+    """A :class:`RawPeer` that opens its connection with an upgrade request."""
+
+    def __init__(
+        self, port: int, path: str = "/", headers: str = "", timeout: float = 10.0
+    ) -> None:
+        super().__init__(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{headers}\r\n"
+            ).encode()
+        )
+        head = self._read_until(b"\r\n\r\n")
+        self.status = int(head.split(b" ", 2)[1])
+        self.head = head
 
 
 def print_err(*args: Any) -> None:

@@ -13,12 +13,14 @@ from typing import Callable, Optional, Union
 from ..exceptions import ProtocolError
 
 __all__ = [
+    "NOT_UTF8",
     "Opcode",
     "CloseCode",
     "DATA_OPCODES",
     "CONTROL_OPCODES",
     "MAX_CONTROL_PAYLOAD",
     "apply_mask",
+    "encode_data",
     "frame_header",
     "is_valid_close_code",
     "parse_close",
@@ -132,6 +134,31 @@ def frame_header(first_byte: int, length: int, mask: Optional[bytes] = None) -> 
 
 
 BytesLike = Union[bytes, bytearray, memoryview]
+
+#: The error for bytes sent as text that are not valid UTF-8.
+NOT_UTF8 = "bytes sent as text must be valid UTF-8; pass binary=True to send binary frames"
+
+
+def encode_data(message: Union[str, BytesLike], binary: bool) -> bytes:
+    """The payload of an outgoing data message (RFC 6455 §5.6): a ``str`` encoded as
+    UTF-8; bytes-like data as ``bytes``, checked to be valid UTF-8 when it is sent as
+    text. The one place outgoing text is validated (whole messages, broadcasts;
+    fragments are checked incrementally by :meth:`Protocol.send_fragment`).
+
+    Raises :class:`ValueError` for invalid UTF-8 sent as text, :class:`TypeError` for
+    anything that is neither ``str`` nor bytes-like.
+    """
+    if isinstance(message, str):
+        return message.encode("utf-8")
+    if not isinstance(message, (bytes, bytearray, memoryview)):
+        raise TypeError(f"cannot send {type(message).__name__}: use str or bytes")
+    data = message if type(message) is bytes else bytes(message)
+    if not binary:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(NOT_UTF8) from None
+    return data
 
 
 def _apply_mask_python(data: BytesLike, mask: BytesLike) -> bytes:

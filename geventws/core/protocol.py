@@ -11,44 +11,60 @@ I/O layer feeds it what the socket gave (:meth:`Protocol.receive_data`,
 Events are deliberately cheap, since one is made per message on the hot path:
 
 * a ``str`` is a complete text message, a ``bytes`` a complete binary message
-  (fragmented messages are reassembled here, within ``max_size``);
+  (fragmented messages are reassembled by :class:`~geventws.core.assembler.Assembler`
+  within ``max_size`` and ``max_fragments``);
 * :class:`Ping`, :class:`Pong` and :class:`Close` report control frames. Pings are
-  answered and a close is echoed by the protocol itself: the caller only has to send
-  what :meth:`~Protocol.data_to_send` returns.
+  answered and a close is echoed (code and reason) by the protocol itself: the caller
+  only has to send what :meth:`~Protocol.data_to_send` returns.
 
 Anything the peer does wrong (bad masking, reserved bits or opcodes, bad fragmentation,
 invalid UTF-8, oversized messages, bad close payloads) *fails the connection*
 (RFC 6455 §7.1.7): the protocol queues a close frame with the right code (1002, 1007 or
 1009), records the error in :attr:`Protocol.error`, and ignores every byte after that.
 The caller then closes the TCP connection once the close frame is written
-(:attr:`Protocol.close_transport` turns true), the server first (§7.1.1).
+(:attr:`Protocol.close_transport` turns true), the server first (§7.1.1:
+:attr:`Protocol.shutdown_first`).
 
 States: ``OPEN`` → ``CLOSING`` (a close frame was sent or received) → ``CLOSED`` (both
 were, or the transport ended). After sending a close, messages the peer sent before it
 saw our close are still delivered (RFC 6455 §1.4), but pings are no longer answered;
-after receiving a close, nothing more is parsed.
+after receiving a close, nothing more is parsed. How the connection ended (the close
+code, its reason and the exception a closed connection raises) is derived here, in one
+place: :attr:`Protocol.close_code`, :attr:`Protocol.close_reason`,
+:meth:`Protocol.closed_exception`.
 """
 
 from __future__ import annotations
 
 import codecs
-import enum
 import os
 import struct
 from typing import Optional, Union
 
-from ..exceptions import InvalidState, PayloadTooBig, ProtocolError
+from ..exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidState,
+    ProtocolError,
+)
+from .assembler import DEFAULT_MAX_FRAGMENTS, Assembler
 from .deflate import Deflate
+from .events import Close, Event, Ping, Pong, Side, State
 from .frames import (
     KNOWN_OPCODES,
     MAX_CONTROL_PAYLOAD,
+    NOT_UTF8,
+    BytesLike,
     CloseCode,
     Opcode,
     apply_mask,
+    encode_data,
     frame_header,
     parse_close,
     serialize_close,
 )
+from .shared import SharedMessage
 
 __all__ = [
     "Side",
@@ -58,81 +74,19 @@ __all__ = [
     "Close",
     "Event",
     "Protocol",
-    "prepare_frame",
+    "OK_CLOSE_CODES",
 ]
 
 _UNPACK_H = struct.Struct("!H").unpack_from
 _UNPACK_Q = struct.Struct("!Q").unpack_from
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
+#: Close codes of a normal closure: :class:`~geventws.ConnectionClosedOK` rather than
+#: :class:`~geventws.ConnectionClosedError`.
+OK_CLOSE_CODES = frozenset(
+    {CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD}
+)
 
-class Side(enum.Enum):
-    """Which end of the connection this protocol plays; clients mask, servers don't."""
-
-    SERVER = "server"
-    CLIENT = "client"
-
-
-class State(enum.IntEnum):
-    """Connection states after the opening handshake (RFC 6455 §4.1, §7)."""
-
-    OPEN = 1
-    CLOSING = 2
-    CLOSED = 3
-
-
-class _ControlEvent:
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.data!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return bool(self.data == other.data)
-
-    def __hash__(self) -> int:
-        return hash((type(self), self.data))
-
-
-class Ping(_ControlEvent):
-    """The peer sent a ping; the pong is already queued."""
-
-    __slots__ = ()
-
-
-class Pong(_ControlEvent):
-    """The peer sent a pong (solicited or not)."""
-
-    __slots__ = ()
-
-
-class Close:
-    """The peer sent a close frame; ``code`` is 1005 when it carried none."""
-
-    __slots__ = ("code", "reason")
-
-    def __init__(self, code: int, reason: str = "") -> None:
-        self.code = code
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        return f"Close({self.code}, {self.reason!r})"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Close):
-            return NotImplemented
-        return (self.code, self.reason) == (other.code, other.reason)
-
-    def __hash__(self) -> int:
-        return hash((self.code, self.reason))
-
-
-Event = Union[str, bytes, Ping, Pong, Close]
 
 _FIN = 0x80
 _RSV1 = 0x40
@@ -147,7 +101,9 @@ class Protocol:
 
     ``max_size`` bounds a reassembled message (and so any single frame) in bytes;
     ``None`` means no limit. Over it the connection fails with 1009 as soon as a
-    frame header proves it, before the payload is buffered.
+    frame header proves it, before the payload is buffered. ``max_fragments`` bounds
+    the frames of one message (default 65,536; ``None``: no limit); the next one fails
+    the connection with 1009 before its payload is read.
 
     ``deflate`` is the negotiated permessage-deflate codec, if any (RFC 7692): RSV1 is
     then allowed on the first frame of a data message, which is inflated frame by
@@ -155,11 +111,31 @@ class Protocol:
     frame's own payload may exceed ``max_size`` only by deflate's worst-case overhead.
     """
 
+    __slots__ = (
+        "_buffer",
+        "_client",
+        "_message",
+        "_out_decoder",
+        "_out_frag",
+        "_output",
+        "_pending_error",
+        "close_rcvd",
+        "close_sent",
+        "deflate",
+        "eof_rcvd",
+        "error",
+        "max_size",
+        "pending",
+        "side",
+        "state",
+    )
+
     def __init__(
         self,
         side: Side,
         *,
         max_size: Optional[int] = 2**20,
+        max_fragments: Optional[int] = DEFAULT_MAX_FRAGMENTS,
         deflate: Optional[Deflate] = None,
     ) -> None:
         self.side = side
@@ -176,22 +152,24 @@ class Protocol:
         #: Whether the transport reached end of file.
         self.eof_rcvd = False
         self._client = side is Side.CLIENT
-        self._buffer = bytearray()
+        self._buffer: Union[bytes, bytearray] = b""  # unparsed input; a bytearray grows
         self._output: list[bytes] = []
-        # The message being reassembled: its opcode, fragments and size so far.
-        self._frag_opcode: Optional[int] = None
-        self._frag_parts: list[Union[bytes, str]] = []
-        self._frag_size = 0
-        self._frag_compressed = False
-        # The message being sent in fragments, if any: whether it is compressed.
+        self._message = Assembler(max_size, max_fragments, deflate)
+        # The message being sent in fragments, if any: whether it is compressed, and the
+        # UTF-8 checker of its text fragments.
         self._out_frag: Optional[bool] = None
-        self._decoder: Optional[codecs.IncrementalDecoder] = None
+        self._out_decoder: Optional[codecs.IncrementalDecoder] = None
         self._pending_error: Optional[ProtocolError] = None
         #: True when :meth:`receive_data` stopped early: it returned messages that came
         #: before a close frame or a protocol violation, and acts on that close or
         #: violation only at the next call (``receive_data(b"")`` will do). This lets the
         #: application answer those messages before the connection closes.
         self.pending = False
+
+    @property
+    def max_fragments(self) -> Optional[int]:
+        """The most frames one incoming message may take (``None``: no limit)."""
+        return self._message.max_fragments
 
     # -- receiving ------------------------------------------------------------------
 
@@ -209,11 +187,14 @@ class Protocol:
         self.pending = False
         if self._pending_error is not None:
             self.fail(self._pending_error)
-            self._buffer = bytearray()
+            self._buffer = b""
             return []
+        buffer: Union[bytes, bytearray]
         if self._buffer:
+            if type(self._buffer) is bytes:
+                self._buffer = bytearray(self._buffer)
             self._buffer += data
-            buffer: Union[bytes, bytearray] = self._buffer
+            buffer = self._buffer
         else:
             buffer = data
         events: list[Event] = []
@@ -226,13 +207,12 @@ class Protocol:
                 self.pending = True
             else:
                 self.fail(exc)
-            self._buffer = bytearray()
+            self._buffer = b""
             return events
         if consumed == len(buffer):
-            if self._buffer:
-                self._buffer = bytearray()
-        elif consumed or not self._buffer:
-            self._buffer = bytearray(buffer[consumed:])
+            self._buffer = b""
+        elif consumed or buffer is not self._buffer:
+            self._buffer = bytes(buffer[consumed:])
         return events
 
     def _parse(self, buf: Union[bytes, bytearray], events: list[Event]) -> int:
@@ -242,6 +222,7 @@ class Protocol:
         client = self._client
         max_size = self.max_size
         append = events.append
+        message = self._message
         while end - pos >= 2:
             b0 = buf[pos]
             b1 = buf[pos + 1]
@@ -264,7 +245,7 @@ class Protocol:
             # The common case: a whole text or binary message in one well-masked frame.
             simple = (
                 b0 in (0x81, 0x82)
-                and self._frag_opcode is None
+                and message.opcode is None
                 and (max_size is None or length <= max_size)
                 and bool(masked) is not client
             )
@@ -302,12 +283,13 @@ class Protocol:
                 if self.close_rcvd is not None:
                     return end  # nothing after a close frame is processed
             else:
-                self._data_frame(b0, opcode, payload, events)
+                done = message.add(opcode, bool(b0 & _FIN), bool(b0 & _RSV1), payload)
+                if done is not None:
+                    append(done)
         return pos
 
     def _check_header(self, b0: int, b1: int, opcode: int, length: int) -> None:
         """Apply every rule that a frame header alone can break (fail fast)."""
-        compressed = self._frag_compressed if opcode == 0 else bool(b0 & _RSV1)
         if b0 & _RSV_MASK:
             if self.deflate is None or b0 & _RSV_MASK != _RSV1:
                 raise ProtocolError("reserved bits must be 0 without a negotiated extension")
@@ -329,73 +311,7 @@ class Protocol:
             if length > MAX_CONTROL_PAYLOAD:
                 raise ProtocolError("control frame payload over 125 bytes")
             return
-        if opcode == 0:
-            if self._frag_opcode is None:
-                raise ProtocolError("continuation frame without a message to continue")
-        elif self._frag_opcode is not None:
-            raise ProtocolError("new data frame inside a fragmented message")
-        if compressed:
-            # The output is counted while inflating; cap the frame itself too.
-            if self.max_size is not None and length > _deflate_bound(self.max_size):
-                raise PayloadTooBig(f"compressed frame over max_size ({length} bytes)")
-        elif self.max_size is not None and self._frag_size + length > self.max_size:
-            raise PayloadTooBig(
-                f"message over max_size ({self._frag_size + length} > {self.max_size} bytes)"
-            )
-
-    def _data_frame(self, b0: int, opcode: int, payload: bytes, events: list[Event]) -> None:
-        fin = b0 & _FIN
-        if opcode == 0:
-            opcode = self._frag_opcode  # type: ignore[assignment]
-            if self._frag_compressed:
-                payload = self._inflate(payload, bool(fin))
-        else:
-            compressed = b0 & _RSV1
-            if compressed:
-                payload = self._inflate(payload, bool(fin))
-            if fin:
-                # The common case: a whole message in one frame.
-                if opcode == 1:
-                    try:
-                        events.append(payload.decode("utf-8"))
-                    except UnicodeDecodeError:
-                        raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
-                else:
-                    events.append(payload)
-                return
-            self._frag_opcode = opcode
-            self._frag_size = 0
-            self._frag_compressed = bool(compressed)
-            if opcode == 1:
-                self._decoder = _utf8_decoder()
-        self._frag_size += len(payload)
-        if opcode == 1:
-            assert self._decoder is not None
-            try:
-                # Validates as it goes: invalid bytes fail here, not at the last frame.
-                self._frag_parts.append(self._decoder.decode(payload, bool(fin)))
-            except UnicodeDecodeError:
-                raise ProtocolError("invalid UTF-8 in a text message", 1007) from None
-        else:
-            self._frag_parts.append(payload)
-        if fin:
-            parts = self._frag_parts
-            message: Union[str, bytes] = (
-                "".join(parts) if opcode == 1 else b"".join(parts)  # type: ignore[arg-type]
-            )
-            events.append(message)
-            self._frag_parts = []
-            self._frag_opcode = None
-            self._frag_size = 0
-            self._frag_compressed = False
-            self._decoder = None
-
-    def _inflate(self, payload: bytes, fin: bool) -> bytes:
-        """Decompress one frame of the current compressed message within max_size."""
-        assert self.deflate is not None
-        max_size = self.max_size
-        limit = None if max_size is None else max_size - self._frag_size
-        return self.deflate.decompress(payload, fin, limit)
+        self._message.check(opcode, bool(b0 & _RSV1), length)
 
     def _control_frame(self, opcode: int, payload: bytes, events: list[Event]) -> None:
         if opcode == Opcode.PING:
@@ -409,17 +325,18 @@ class Protocol:
             close = Close(code, reason)
             self.close_rcvd = close
             if self.close_sent is None:
-                # Echo the code (RFC 6455 §5.5.1); a close without code gets one without.
-                self._send_close(Close(code, "") if code != CloseCode.NO_STATUS_RCVD else close)
+                # Echo the code and its reason (RFC 6455 §5.5.1), as browsers, Node's ws
+                # and websockets do; a close without code gets one without.
+                self._send_close(close)
             self.state = State.CLOSED if self.close_sent is not None else State.CLOSING
-            self._buffer = bytearray()
+            self._buffer = b""
             events.append(close)
 
     def receive_eof(self) -> None:
-        """The transport reached end of file: the connection is closed."""
+        """The transport reached end of file (or was lost): the connection is closed."""
         self.eof_rcvd = True
         self.state = State.CLOSED
-        self._buffer = bytearray()
+        self._buffer = b""
 
     # -- sending --------------------------------------------------------------------
 
@@ -439,20 +356,21 @@ class Protocol:
         if self.state is not State.OPEN or self.close_sent is not None:
             raise InvalidState(f"cannot send data in state {self.state.name}")
 
-    def send_text(self, data: bytes, compress: Optional[bool] = None) -> None:
-        """Queue a text message; ``data`` must already be valid UTF-8.
+    def send_text(self, data: Union[str, BytesLike], compress: Optional[bool] = None) -> None:
+        """Queue a text message: a ``str``, or bytes that must be valid UTF-8
+        (:class:`ValueError` otherwise).
 
         With permessage-deflate negotiated, the message is compressed when ``compress``
         is True, or when it is None and the message reaches the codec's threshold;
         ``compress=False`` sends it as is (for data that is already compressed).
         Raises :class:`InvalidState` once the closing handshake started.
         """
-        self._send_data(Opcode.TEXT, _TEXT_HEADERS, data, compress)
+        self._send_data(Opcode.TEXT, _TEXT_HEADERS, encode_data(data, False), compress)
 
-    def send_binary(self, data: bytes, compress: Optional[bool] = None) -> None:
+    def send_binary(self, data: Union[str, BytesLike], compress: Optional[bool] = None) -> None:
         """Queue a binary message (``compress`` as in :meth:`send_text`). Raises
         :class:`InvalidState` once closing."""
-        self._send_data(Opcode.BINARY, _BINARY_HEADERS, data, compress)
+        self._send_data(Opcode.BINARY, _BINARY_HEADERS, encode_data(data, True), compress)
 
     def _send_data(
         self, opcode: int, small_headers: list[bytes], data: bytes, compress: Optional[bool]
@@ -474,58 +392,85 @@ class Protocol:
             self._queue_frame(opcode, data)
 
     def send_fragment(
-        self, data: bytes, *, binary: bool, fin: bool, compress: Optional[bool] = None
+        self,
+        data: Union[str, BytesLike],
+        *,
+        binary: bool,
+        fin: bool,
+        compress: Optional[bool] = None,
     ) -> None:
         """Queue one fragment of a message sent in several frames (RFC 6455 §5.4).
 
-        The first call starts the message (``binary`` picks text or binary; text
-        fragments must be valid UTF-8 together), the call with ``fin=True`` ends it;
-        calls in between continue it. With permessage-deflate, ``compress`` (or the
-        threshold, applied to the first fragment) decides for the whole message: each
-        fragment is compressed as it comes, RSV1 is set on the first frame only, and
-        the final empty block is stripped from the last one only (RFC 7692 §7.2.1).
-        Control frames may still be sent in between; whole messages may not
-        (:class:`InvalidState`), nor anything once closing.
+        The first call starts the message (``binary`` picks text or binary), the call
+        with ``fin=True`` ends it; calls in between continue it. The fragments of a
+        text message must be valid UTF-8 together: they are checked as they come, and
+        :class:`ValueError` is raised for the first fragment that can't be (or for an
+        incomplete character at the end), with nothing queued for it. With
+        permessage-deflate, ``compress`` (or the threshold, applied to the first
+        fragment) decides for the whole message: each fragment is compressed as it
+        comes, RSV1 is set on the first frame only, and the final empty block is
+        stripped from the last one only (RFC 7692 §7.2.1). Control frames may still be
+        sent in between; whole messages may not (:class:`InvalidState`), nor anything
+        once closing.
         """
         self._check_open()
-        if self._out_frag is None:  # the first fragment
+        first = self._out_frag is None
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if first and not binary:
+            self._out_decoder = _utf8_decoder()
+        if self._out_decoder is not None:
+            try:
+                self._out_decoder.decode(payload, fin)
+            except UnicodeDecodeError:
+                if first:
+                    self._out_decoder = None
+                raise ValueError(NOT_UTF8) from None
+        if first:
             deflate = self.deflate
-            compressed = deflate is not None and deflate.wants(len(data), compress)
+            compressed = deflate is not None and deflate.wants(len(payload), compress)
             opcode = Opcode.BINARY if binary else Opcode.TEXT
             rsv = _RSV1 if compressed else 0
             self._out_frag = compressed
         else:
-            compressed = self._out_frag
+            compressed = bool(self._out_frag)
             opcode = Opcode.CONT
             rsv = 0
         if compressed:
             assert self.deflate is not None
-            data = self.deflate.compress_fragment(data, fin)
-        self._queue_frame(opcode, data, fin=fin, rsv=rsv)
+            payload = self.deflate.compress_fragment(payload, fin)
+        self._queue_frame(opcode, payload, fin=fin, rsv=rsv)
         if fin:
             self._out_frag = None
+            self._out_decoder = None
 
     @property
     def sending_fragments(self) -> bool:
         """Whether a fragmented message was started and not finished yet."""
         return self._out_frag is not None
 
-    def send_frame(self, frame: bytes) -> None:
-        """Queue a data frame prepared by :func:`prepare_frame` (a broadcast frames its
-        message once for many connections): the whole frame, or the unwritten rest of
-        one whose beginning the caller wrote to the transport itself while nothing else
-        was queued. Server side only: client frames are masked each with a fresh key.
+    def send_shared(self, message: SharedMessage) -> bytes:
+        """The frame of ``message`` (framed once for many connections, see
+        :class:`~geventws.core.shared.SharedMessage`) for this connection; the caller
+        writes it to the transport itself, after everything :meth:`data_to_send`
+        returned so far. Server side only: client frames are masked each with a fresh
+        key.
 
-        A compressed frame must come from a fresh deflate stream
-        (:meth:`Deflate.compress_shared`), and the caller must first call
-        :meth:`Deflate.forget_context`: the peer's window will hold bytes this
-        connection's compressor never saw. Raises :class:`InvalidState` once closing."""
+        A compressed frame comes from a fresh deflate stream, so this connection's
+        compression context is dropped (the peer's window now holds bytes its
+        compressor never saw). Raises :class:`InvalidState` on a client, once closing,
+        or while a fragmented message is being sent.
+        """
         if self._client:
             raise InvalidState("client frames are masked per frame: use send_text/send_binary")
-        self._check_open()
+        if self.state is not State.OPEN or self.close_sent is not None:
+            self._check_open()
         if self._out_frag is not None:
             raise InvalidState("a fragmented message is being sent")
-        self._output.append(frame)
+        deflate = self.deflate
+        if deflate is not None and deflate.wants(len(message.data), message.compress):
+            deflate.forget_context()
+            return message.compressed_frame(deflate)
+        return message.frame
 
     def send_ping(self, data: bytes) -> None:
         """Queue a ping (at most 125 bytes). Raises :class:`InvalidState` once closing."""
@@ -561,7 +506,9 @@ class Protocol:
 
     def fail(self, error: ProtocolError) -> None:
         """Fail the connection (RFC 6455 §7.1.7): send a close frame with ``error.code``
-        unless one was sent already, and ignore all further input."""
+        unless one was sent already, and ignore all further input. Also how the local
+        side gives up (a keepalive timeout, a send timeout): ``error`` then carries the
+        code to report (1011, 1008)."""
         self.error = error
         if self.close_sent is None and self.state is not State.CLOSED:
             self._send_close(Close(error.code, _short_reason(str(error))))
@@ -579,25 +526,61 @@ class Protocol:
             self._output = []
         return output
 
+    # -- how it ends ------------------------------------------------------------------
+
     @property
     def close_transport(self) -> bool:
         """True once the TCP connection should be closed: the closing handshake is over,
         the connection failed, or the transport ended."""
         return self.state is State.CLOSED
 
+    @property
+    def shutdown_first(self) -> bool:
+        """Whether this side ends TCP first once :attr:`close_transport` is true
+        (RFC 6455 §7.1.1): the server does, and so does a client that failed the
+        connection itself (it owes the server nothing more). Otherwise the client waits
+        for the server to close."""
+        return not self._client or self.error is not None
 
-def prepare_frame(data: bytes, binary: bool, compressed: bool = False) -> bytes:
-    """A whole unmasked (server) text or binary frame for ``data``, for
-    :meth:`Protocol.send_frame`. Text must already be valid UTF-8; ``compressed``
-    sets RSV1 on a payload compressed for permessage-deflate."""
-    first = _FIN | (Opcode.BINARY if binary else Opcode.TEXT) | (_RSV1 if compressed else 0)
-    return frame_header(first, len(data)) + data
+    @property
+    def close_code(self) -> Optional[int]:
+        """How the connection closed, ``None`` while it is not closed yet.
 
+        The code this side failed the connection with (protocol error, message too
+        big, keepalive or send timeout); else the code in the peer's close frame (1005
+        when it had none); else 1006: the transport ended without a closing handshake.
+        """
+        if self.error is not None:
+            return self.error.code
+        if self.close_rcvd is not None:
+            return self.close_rcvd.code
+        if self.eof_rcvd:
+            return CloseCode.ABNORMAL_CLOSURE
+        return None
 
-def _deflate_bound(size: int) -> int:
-    """The largest deflate output for ``size`` bytes of input: stored blocks add 5
-    bytes per 65,535 (zlib's deflateBound, rounded up generously)."""
-    return size + (size >> 12) + 64
+    @property
+    def close_reason(self) -> Optional[str]:
+        """The reason matching :attr:`close_code` (``""`` when none was given)."""
+        if self.error is not None:
+            return str(self.error)
+        if self.close_rcvd is not None:
+            return self.close_rcvd.reason
+        return "" if self.eof_rcvd else None
+
+    def closed_exception(self) -> ConnectionClosed:
+        """The exception an operation on this closed (or closing) connection raises:
+        :class:`~geventws.ConnectionClosedOK` for 1000, 1001 and 1005,
+        :class:`~geventws.ConnectionClosedError` otherwise. While only our close frame
+        is out, it reports the code we sent."""
+        code = self.close_code
+        if code is None:
+            sent = self.close_sent
+            code, reason = (sent.code, sent.reason) if sent is not None else (1006, "")
+        else:
+            reason = self.close_reason or ""
+        if code in OK_CLOSE_CODES:
+            return ConnectionClosedOK(code, reason)
+        return ConnectionClosedError(code, reason)
 
 
 def _has_message(events: list[Event]) -> bool:

@@ -1,0 +1,262 @@
+"""The read side of a connection: inline reads, an on-demand helper, back-pressure.
+
+Theory of operation
+-------------------
+Whoever needs bytes reads the socket itself: a handler blocked in ``receive()`` with
+nothing queued calls ``recv`` *inline* (:meth:`Reader.read`), feeds the protocol and
+returns the first message, with no other greenlet involved. While nobody reads (the
+handler is busy elsewhere, or only pushes), an I/O watcher is armed on the socket; when
+bytes arrive, its callback spawns a short-lived *helper* greenlet that reads once,
+answers pings, sees a close, queues the messages and exits. So an idle connection costs
+one greenlet (its handler), the echo path costs no extra switch, and a handler that
+never receives still answers pings and notices a close. :attr:`Reader.reading` says
+whether some greenlet owns the read side; only that one calls ``recv``.
+
+Nothing is lost to cancellation: the one place a reader waits is inside ``recv``, and
+gevent raises there (a deadline, a :class:`gevent.Timeout`, ``kill()``) before any byte
+is taken. Bytes that were read are processed at once, and :meth:`Reader.process` never
+blocks: messages go to :attr:`Reader.messages` and the protocol's answers (pongs, the
+close echo) to the writer's queue, to be written soon. Whatever interrupts a reader, it
+gives the read side up in a ``finally`` and re-arms the watcher, so the connection keeps
+answering pings.
+
+Back-pressure: once ``high`` messages wait, the watcher is not re-armed: nobody reads,
+the kernel buffers fill up and TCP pushes back on the peer. Reading resumes when the
+application has taken the queue down to ``low``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Callable, Union
+
+import gevent
+from gevent.event import Event
+
+from ._deadline import Deadline
+from ._writer import Writer
+from .core.protocol import Pong, Protocol, State
+
+__all__ = ["Reader"]
+
+Data = Union[str, bytes]
+
+_RECV_SIZE = 262144
+
+
+class Reader:
+    """The read side of one connection over ``protocol``.
+
+    ``on_pong(data)`` is called for each pong, ``on_close()`` once the protocol says the
+    transport should close; ``high``/``low`` are the back-pressure marks.
+    """
+
+    __slots__ = (
+        "_logger",
+        "_on_close",
+        "_on_pong",
+        "_protocol",
+        "_sock",
+        "_ssl_pending",
+        "_watcher",
+        "_writer",
+        "high",
+        "low",
+        "messages",
+        "paused",
+        "reading",
+        "wakeup",
+    )
+
+    def __init__(
+        self,
+        sock: Any,
+        protocol: Protocol,
+        writer: Writer,
+        *,
+        on_pong: Callable[[bytes], None],
+        on_close: Callable[[], None],
+        high: int,
+        low: int,
+        logger: logging.Logger,
+    ) -> None:
+        self._sock = sock
+        self._protocol = protocol
+        self._writer = writer
+        self._on_pong = on_pong
+        self._on_close = on_close
+        self._logger = logger
+        self.high = high
+        self.low = low
+        #: Received messages waiting for ``receive()``: a deque while there are some, an
+        #: empty tuple while there are none (a deque costs 600 bytes, idle or not).
+        self.messages: Union[deque[Data], tuple[()]] = ()
+        #: Set when messages arrive, when a reader gives the read side up, and at the end.
+        self.wakeup = Event()
+        #: Whether some greenlet owns the read side (only that one calls ``recv``).
+        self.reading = False
+        #: Whether reading is paused by back-pressure.
+        self.paused = False
+        self._ssl_pending = getattr(sock, "pending", None)
+        self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+
+    @property
+    def done(self) -> bool:
+        """Whether the transport is to be closed: nothing more to read."""
+        return self._protocol.state is State.CLOSED
+
+    def start(self, leftover: bytes) -> None:
+        """Begin reading; ``leftover`` are bytes read past the handshake."""
+        if leftover:
+            self.reading = True
+            try:
+                self.process(leftover, False)
+            finally:
+                self.reading = False
+        self.arm()
+
+    # -- who reads --------------------------------------------------------------------
+
+    def arm(self) -> None:
+        """Nobody reads now: make sure arriving bytes are read (see the module doc)."""
+        if self.reading or self._protocol.state is State.CLOSED:
+            return
+        if len(self.messages) >= self.high:
+            self.paused = True  # TCP pushes back until the application catches up
+            return
+        if self._protocol.pending or (self._ssl_pending is not None and self._ssl_pending()):
+            self._spawn_helper()  # input is already here: no readiness will be signalled
+        elif not self._watcher.active:
+            self._watcher.start(self._on_readable)
+
+    def _on_readable(self) -> None:
+        # A loop callback: bytes arrived while nobody was reading.
+        self._watcher.stop()
+        if not self.reading and self._protocol.state is not State.CLOSED:
+            self._spawn_helper()
+
+    def _spawn_helper(self) -> None:
+        self.reading = True  # claimed now, so no second reader starts meanwhile
+        gevent.spawn_raw(self._helper)
+
+    def _helper(self) -> None:
+        try:
+            self._read_once(None)
+            while self._protocol.pending and self._protocol.state is not State.CLOSED:
+                gevent.sleep(0)  # let the handler answer what came before the close
+                self._read_once(None)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self.reading = False
+        self.wakeup.set()  # a greenlet waiting to read may take over
+        self.arm()
+
+    def read(self, deadline: Deadline) -> None:
+        """Read once in the calling greenlet and process what came (the caller checked
+        that nobody else reads). Raises :class:`TimeoutError` when ``deadline`` passes
+        first; safe to cancel in any way (nothing read is lost, the read side is given
+        up and the watcher re-armed)."""
+        if self._watcher.active:
+            self._watcher.stop()
+        self.reading = True
+        try:
+            self._read_once(deadline)
+        finally:
+            self._release()
+
+    def _read_once(self, deadline: Deadline | None) -> None:
+        protocol = self._protocol
+        if protocol.pending:
+            self.process(b"", False)
+            return
+        try:
+            if deadline is None or deadline.unbounded:
+                data = self._sock.recv(_RECV_SIZE)
+            else:
+                with deadline.timeout():
+                    data = self._sock.recv(_RECV_SIZE)
+        except TimeoutError:
+            raise  # the deadline (an OSError too, but not a lost connection)
+        except OSError as exc:
+            if self._logger.isEnabledFor(logging.DEBUG):
+                self._logger.debug("connection lost: %s", exc)
+            data = b""
+        self.process(data, not data)
+
+    # -- what was read ------------------------------------------------------------------
+
+    def process(self, data: bytes, eof: bool) -> None:
+        """Feed ``data`` (or the end of the transport) to the protocol: messages to the
+        queue, answers to the writer, pongs to ``on_pong``, the end to ``on_close``.
+        Never blocks, so nothing it took from the protocol can be lost."""
+        protocol = self._protocol
+        if eof:
+            protocol.receive_eof()
+            events: list[Any] = []
+        else:
+            events = protocol.receive_data(data)
+        output = protocol.data_to_send()
+        if output:  # pongs, the close echo
+            self._writer.queue(output)
+            self._writer.write_soon()
+        if events:
+            messages = self.messages
+            new = False
+            for event in events:
+                kind = type(event)
+                if kind is str or kind is bytes:
+                    if not messages:
+                        messages = self.messages = deque()
+                    messages.append(event)
+                    new = True
+                elif kind is Pong:
+                    self._on_pong(event.data)
+                # Ping (answered by the protocol) and Close (it sets the state) need
+                # nothing here.
+            if new:
+                self.wakeup.set()
+        if protocol.state is State.CLOSED:
+            self._on_close()
+
+    def pop(self) -> Data:
+        """The oldest queued message (the caller checked there is one); resumes
+        reading once the queue is down to ``low``."""
+        messages = self.messages
+        message = messages.popleft()  # type: ignore[union-attr]
+        if not messages:
+            self.messages = ()
+        if self.paused and len(messages) <= self.low:
+            self.paused = False
+            self.arm()
+        return message
+
+    def drain(self, deadline: Deadline) -> None:
+        """After the end: read (and discard) until the peer closes its side or
+        ``deadline`` passes; waits for another reader to give the read side up first.
+        Never raises."""
+        sock = self._sock
+        try:
+            while True:
+                if self.reading:
+                    self.wakeup.clear()
+                    if not self.wakeup.wait(deadline.remaining()):
+                        return
+                    continue
+                self.reading = True
+                try:
+                    with deadline.timeout():
+                        while sock.recv(65536):
+                            pass
+                finally:
+                    self.reading = False
+                return
+        except (OSError, TimeoutError):
+            return
+
+    def stop(self) -> None:
+        """Stop watching the socket (the connection is over)."""
+        self._watcher.stop()
+        self.wakeup.set()

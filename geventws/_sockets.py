@@ -1,0 +1,177 @@
+"""Socket helpers of the gevent layer: TLS under a deadline, reading an HTTP head,
+answering an HTTP error and closing gracefully, batched non-blocking sends, addresses.
+
+Every function here closes what it owns in a ``finally`` whatever the exception
+(:class:`gevent.Timeout` and :class:`greenlet.GreenletExit` are not :class:`OSError`),
+and the ones used on shutdown paths never raise.
+"""
+
+from __future__ import annotations
+
+import os
+import socket as _socket
+import ssl as _ssl
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+import gevent
+import gevent.ssl
+
+from ._deadline import Deadline
+from .core.http11 import find_head_end
+from .core.server_handshake import Rejected
+
+if TYPE_CHECKING:
+    from .core.server_handshake import Accepted
+
+__all__ = [
+    "SOCKET_ANSWER",
+    "HandshakeAnswer",
+    "close_socket",
+    "format_address",
+    "read_head",
+    "refuse",
+    "send_nowait",
+    "start_tls",
+]
+
+
+def start_tls(
+    sock: Any,
+    context: _ssl.SSLContext,
+    *,
+    server_side: bool,
+    server_hostname: Optional[str] = None,
+) -> Any:
+    """Wrap ``sock`` in TLS and complete the TLS handshake in the calling greenlet, under
+    the caller's deadline (a :class:`gevent.Timeout` around the call).
+
+    The TLS socket takes ``sock``'s descriptor over, so closing ``sock`` afterwards would
+    close nothing: if the handshake fails or is interrupted in any way, the TLS socket
+    is closed here before the exception propagates (no descriptor is left to the
+    garbage collector). Raises :class:`OSError` (including :class:`ssl.SSLError`).
+    """
+    tls = gevent.ssl.SSLSocket(
+        sock=sock,
+        server_side=server_side,
+        server_hostname=server_hostname,
+        do_handshake_on_connect=False,
+        _context=context,
+    )
+    done = False
+    try:
+        tls.do_handshake()
+        done = True
+    finally:
+        if not done:
+            tls.close()
+    return tls
+
+
+def read_head(sock: Any, chunk: int = 16384) -> Optional[tuple[bytes, bytes]]:
+    """Read an HTTP head from ``sock``: ``(head, bytes read past it)``, or ``None`` if
+    the peer closed first. Raises :class:`~geventws.InvalidRequest` (400/431) as soon as
+    the head proves too large; the caller sets the deadline."""
+    buffer = bytearray()
+    while True:
+        data = sock.recv(chunk)
+        if not data:
+            return None
+        buffer += data
+        end = find_head_end(buffer)
+        if end >= 0:
+            return bytes(buffer[:end]), bytes(buffer[end:])
+
+
+def close_socket(sock: Any, timeout: float, shutdown_first: bool = True) -> None:
+    """Close ``sock`` without losing what was written to it; the caller must be the only
+    greenlet using it. Never raises.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy
+    an HTTP error still in flight. So: shut the sending side down, read until the peer
+    closes its side or ``timeout`` passes, then close.
+    """
+    try:
+        if shutdown_first:
+            sock.shutdown(_socket.SHUT_WR)
+        with Deadline(timeout).timeout():
+            while sock.recv(65536):
+                pass
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        sock.close()
+
+
+def refuse(sock: Any, answer: Rejected, timeout: float) -> None:
+    """Write an HTTP error ``answer`` and close ``sock`` gracefully, each step within
+    ``timeout`` seconds. Never raises; ``sock`` is closed."""
+    try:
+        with Deadline(timeout).timeout():
+            sock.sendall(answer.data)
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        close_socket(sock, timeout)
+
+
+class HandshakeAnswer:
+    """How a server connection answers its opening handshake: by writing to its socket
+    (this class), or through a WSGI server (see :mod:`geventws.wsgi`)."""
+
+    def accept(self, sock: Any, accepted: Accepted, leftover: bytes, deadline: Deadline) -> bytes:
+        """Send the 101 answer within ``deadline``; return the bytes already read past
+        the request. Raises :class:`OSError` or :class:`TimeoutError`."""
+        with deadline.timeout():
+            sock.sendall(accepted.data)
+        return leftover
+
+    def reject(self, sock: Any, rejected: Rejected, timeout: float) -> None:
+        """Answer the HTTP error and close the socket gracefully. Never raises."""
+        refuse(sock, rejected, timeout)
+
+
+#: The answer of connections that write their handshake's answer themselves.
+SOCKET_ANSWER = HandshakeAnswer()
+
+
+def format_address(address: Optional[tuple[Any, ...]]) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) for logs; ``-`` when unknown."""
+    if not address:
+        return "-"
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = address[0]
+        return f"[{host}]:{address[1]}" if ":" in str(host) else f"{host}:{address[1]}"
+    return str(address)
+
+
+_INT_MAX = 2**31 - 1
+
+
+def _send_nowait_python(fds: Sequence[int], data: bytes) -> list[tuple[int, int]]:
+    """:func:`send_nowait` without the compiled module: ``os.write`` on each
+    non-blocking socket (Python ignores SIGPIPE, so a closed peer is EPIPE). Returns
+    ``(index, sent)`` for the writes that did not take all of ``data``: ``sent`` is 0
+    when the socket would block, ``-errno`` on errors."""
+    incomplete = []
+    for fd in fds:
+        if not 0 <= fd <= _INT_MAX:
+            raise ValueError(f"descriptor out of range: {fd}")
+    for index, fd in enumerate(fds):
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            sent = -(exc.errno or 1)
+        if sent != len(data):
+            incomplete.append((index, sent))
+    return incomplete
+
+
+#: ``send_nowait(fds, data)``: one non-blocking ``send`` of ``data`` on each descriptor;
+#: the ``(index, sent)`` of those that did not take it all (0: would block, <0: -errno).
+send_nowait: Callable[[Sequence[int], bytes], list[tuple[int, int]]]
+try:
+    from ._speedups import send_nowait
+except ImportError:  # pragma: no cover - built without a compiler, or on Windows
+    send_nowait = _send_nowait_python

@@ -1,0 +1,208 @@
+"""The open link of a connection: protocol, reader, writer, keepalive, and how it ends.
+
+A :class:`Transport` exists from the moment the opening handshake completed. It wires
+the sans-I/O :class:`~geventws.core.protocol.Protocol` to the socket through the
+:class:`~geventws._reader.Reader` and the :class:`~geventws._writer.Writer`, runs the
+:class:`~geventws._keepalive.Keepalive`, and ends the link.
+
+Ending
+------
+When the protocol says the transport should close (closing handshake done, protocol
+error, end of file, a local failure), :meth:`Transport.finish` marks the link over at
+once (receivers wake up, pings waiting for pongs fail) and starts a *closer* greenlet
+that writes what is left (the close frame), shuts TCP down first if this side should
+(RFC 6455 §7.1.1: the protocol decides), waits up to ``close_timeout`` for the peer to
+close its side (reading only when no other greenlet reads: no two greenlets ever wait on
+one socket), and closes the socket in a ``finally``. Ending the link from a greenlet
+that isn't reading (:meth:`Transport.end`: ``close()`` timing out, keepalive,
+``send_timeout``, a failed write) shuts the socket down both ways first, so a greenlet
+blocked in ``recv`` or ``send`` wakes up at once. Nothing here raises out of a
+shutdown path.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket as _socket
+from typing import Any, Optional
+
+import gevent
+from gevent import getcurrent
+
+from ._deadline import Deadline
+from ._keepalive import Keepalive
+from ._reader import Reader
+from ._sockets import format_address
+from ._writer import HIGH_WATER, SendTimeout, Writer
+from .core.frames import CloseCode
+from .core.protocol import Protocol, State
+from .exceptions import ConnectionClosed, ProtocolError
+from .options import ConnectionSettings
+
+__all__ = ["Transport"]
+
+
+class Transport:
+    """The open link over ``sock`` and ``protocol``; ``leftover`` are bytes read past
+    the handshake, ``address`` the peer's (for logs)."""
+
+    __slots__ = (
+        "_address",
+        "_closer",
+        "_logger",
+        "_settings",
+        "_sock",
+        "keepalive",
+        "protocol",
+        "reader",
+        "writer",
+    )
+
+    def __init__(
+        self,
+        sock: Any,
+        protocol: Protocol,
+        settings: ConnectionSettings,
+        *,
+        leftover: bytes,
+        address: Optional[tuple[Any, ...]],
+        logger: logging.Logger,
+    ) -> None:
+        self._sock = sock
+        self._settings = settings
+        self._address = address
+        self._logger = logger
+        self._closer: Optional[gevent.Greenlet] = None
+        self.protocol = protocol
+        self.writer = Writer(sock, settings.send_timeout, self._write_failed)
+        self.keepalive = Keepalive(
+            protocol,
+            self.writer,
+            interval=settings.ping_interval,
+            timeout=settings.ping_timeout,
+            on_expired=self._keepalive_expired,
+            is_paused=self._is_paused,
+        )
+        self.reader = Reader(
+            sock,
+            protocol,
+            self.writer,
+            on_pong=self.keepalive.pong,
+            on_close=self.finish,
+            high=settings.max_queue,
+            low=settings.max_queue_low,
+            logger=logger,
+        )
+        self.keepalive.start()
+        self.reader.start(leftover)
+
+    def _is_paused(self) -> bool:
+        return self.reader.paused
+
+    @property
+    def ending(self) -> bool:
+        """Whether the link is over (:meth:`finish` ran)."""
+        return self._closer is not None
+
+    def queued(self, protocol: Protocol) -> None:
+        """Move what ``protocol`` produced to the writer: written at once past the
+        high-water mark (blocking: back-pressure on the caller), else when the calling
+        greenlet yields."""
+        writer = self.writer
+        writer.queue(protocol.data_to_send())
+        if writer.buffered >= HIGH_WATER:
+            writer.write()
+        else:
+            writer.write_soon()
+
+    # -- ending -------------------------------------------------------------------------
+
+    def end(self) -> None:
+        """End the link now, from any greenlet: shut the socket down both ways (a
+        greenlet blocked in ``recv`` or ``send`` wakes up) and finish. Never blocks."""
+        try:
+            self._sock.shutdown(_socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if self.protocol.state is not State.CLOSED:
+            self.protocol.receive_eof()
+        self.finish()
+
+    def fail(self, code: int, reason: str) -> None:
+        """Give up on the link from our side: record ``code`` (then reported by the
+        connection's ``close_code`` and exceptions), try to get the close frame out
+        without waiting, and end the link. Never blocks."""
+        if self._closer is not None:
+            return
+        protocol = self.protocol
+        protocol.fail(ProtocolError(reason, code))
+        self.writer.queue(protocol.data_to_send())
+        self.writer.write_nowait()
+        self.end()
+
+    def _keepalive_expired(self) -> None:
+        # ``finish`` logs it: "closing ADDRESS: keepalive ping timeout (1011)".
+        self.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+
+    def _write_failed(self, exc: Exception) -> ConnectionClosed:
+        """The writer's transport failed (``exc``): end the link; return what writers
+        raise. Never blocks (it may run in a loop callback)."""
+        protocol = self.protocol
+        if isinstance(exc, SendTimeout) and protocol.state is not State.CLOSED:
+            protocol.fail(ProtocolError("send timed out", CloseCode.POLICY_VIOLATION))
+            protocol.data_to_send()  # the peer doesn't read: no close frame
+        self.end()
+        return protocol.closed_exception()
+
+    def finish(self) -> None:
+        """The link is over: wake everyone, and close the socket in the background."""
+        if self._closer is not None:
+            return
+        protocol = self.protocol
+        self._closer = gevent.spawn(self._close)
+        if protocol.error is not None:
+            self._logger.info(
+                "closing %s: %s (%d)",
+                format_address(self._address),
+                protocol.error,
+                protocol.error.code,
+            )
+        self.reader.stop()
+        self.keepalive.stop(protocol.closed_exception())
+
+    def _close(self) -> None:
+        """The closer: what is left to write, the half-close, the peer's end, then the
+        socket closed whatever happens."""
+        protocol = self.protocol
+        deadline = Deadline(self._settings.close_timeout)
+        try:
+            try:
+                self.writer.write(deadline)
+            except (ConnectionClosed, TimeoutError):
+                pass
+            self.writer.fail(protocol.closed_exception())
+            if protocol.shutdown_first:
+                try:
+                    self._sock.shutdown(_socket.SHUT_WR)
+                except OSError:
+                    pass
+            if not protocol.eof_rcvd:
+                self.reader.drain(deadline)
+        finally:
+            self._sock.close()
+
+    def wait_closed(self, deadline: Deadline) -> None:
+        """Wait (within ``deadline``, then a moment more to kill it) for the closer."""
+        closer = self._closer
+        if closer is not None and getcurrent() is not closer:
+            closer.join(timeout=deadline.remaining())
+            if not closer.dead:
+                closer.kill(block=True, timeout=1)
+
+    def release(self) -> None:
+        """Make sure the link is over, no greenlet of it is left and the socket is
+        closed (bounded by ``close_timeout``). Never raises."""
+        if self._closer is None:
+            self.end()
+        self.wait_closed(Deadline(self._settings.close_timeout))
+        self.writer.stop()

@@ -1,0 +1,336 @@
+"""The write side of a connection: one ordered queue of bytes, never a torn frame.
+
+Theory of operation
+-------------------
+Everything a connection sends (data frames, pings, pongs, the close frame) is taken
+out of the protocol *as it is produced* and appended here, whole frames in order, by
+:meth:`Writer.queue`, which never blocks. The queue is then written:
+
+* by the sending greenlet itself, with :meth:`Writer.write`, when it must block (past
+  the high-water mark, so ``send()`` pushes back on a fast producer; in ``receive()``;
+  in ``close()``), under one write lock and the caller's one :class:`Deadline`;
+* otherwise once the sending greenlet yields (coalescing: everything queued in one
+  turn of the loop goes out in one system call): :meth:`Writer.write_soon` registers a
+  loop callback that writes what a plain socket takes right away, and hands the rest
+  to a background greenlet.
+
+Cancellation. Bytes are never lost from the middle of a frame. The only point where a
+writer waits is for the socket to become writable, inside ``send``; gevent's ``send``
+raises there (a :class:`gevent.Timeout`, ``kill()``, a deadline) *before* sending
+anything, and the writer records what a ``send`` took as soon as it returns. What is
+being written is kept as a memoryview of its unwritten rest (:attr:`_view`), ahead of
+everything queued after it; an interrupted :meth:`write` leaves it there and schedules
+a background write, so the frame is completed later, in order. Only a failed transport
+drops the queue, and then the connection is failed too (the caller's
+``on_failure`` turns the failure into a closed connection): never an open connection
+over a corrupt stream.
+
+``send_timeout``: a write that makes no progress for that long fails the connection
+(the caller decides the close code: 1008).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import gevent
+from gevent.lock import Semaphore
+
+from ._deadline import NO_DEADLINE, Deadline
+from ._sockets import send_nowait
+from .exceptions import ConnectionClosed
+
+__all__ = ["HIGH_WATER", "Writer", "SharedBatch"]
+
+#: Past this many bytes queued, ``send()`` writes at once (and so blocks while the peer
+#: does not read).
+HIGH_WATER = 65536
+#: Queued chunks are joined into one write up to this size; larger ones are written
+#: one by one, so large payloads are never copied.
+_JOIN_LIMIT = 262144
+
+Chunk = Union[bytes, memoryview]
+
+
+class SendTimeout(Exception):
+    """Internal: a write made no progress for ``send_timeout`` seconds."""
+
+
+class Writer:
+    """The ordered output queue of one connection and the ways it gets written.
+
+    ``sock`` is the gevent socket (plain or TLS); ``send_timeout`` bounds a wait without
+    progress (``None``: none); ``on_failure(exc)`` is called once when the transport
+    fails (an :class:`OSError`, or :class:`SendTimeout`) and returns the
+    :class:`~geventws.ConnectionClosed` that writers then raise.
+    """
+
+    __slots__ = (
+        "_callback",
+        "_chunks",
+        "_failure",
+        "_flusher",
+        "_lock",
+        "_loop",
+        "_on_failure",
+        "_raw_send",
+        "_sock",
+        "_view",
+        "buffered",
+        "send_timeout",
+    )
+
+    def __init__(
+        self,
+        sock: Any,
+        send_timeout: Optional[float],
+        on_failure: Callable[[Exception], ConnectionClosed],
+    ) -> None:
+        self._sock = sock
+        # A plain gevent socket wraps a non-blocking OS socket that can be written
+        # without waiting (and without gevent's per-call overhead); TLS can't.
+        raw = getattr(sock, "_sock", None) if getattr(sock, "pending", None) is None else None
+        self._raw_send: Optional[Callable[[Chunk], int]] = (
+            raw.send if raw is not None and raw.gettimeout() == 0.0 else None
+        )
+        self.send_timeout = send_timeout
+        self._on_failure = on_failure
+        self._lock = Semaphore()
+        self._chunks: list[Chunk] = []
+        self._view: Optional[memoryview] = None  # the unwritten rest being written
+        #: Bytes queued and not written yet.
+        self.buffered = 0
+        self._callback: Any = None
+        self._flusher: Any = None
+        self._failure: Optional[ConnectionClosed] = None
+        self._loop = gevent.get_hub().loop
+
+    # -- queueing -------------------------------------------------------------------
+
+    def queue(self, chunks: list[bytes]) -> None:
+        """Append ``chunks`` (whole frames, in order) after everything queued; never
+        blocks. Dropped once the transport failed."""
+        if self._failure is not None:
+            return
+        if len(chunks) == 1:
+            chunk = chunks[0]
+            self._chunks.append(chunk)
+            self.buffered += len(chunk)
+        else:
+            self._chunks.extend(chunks)
+            self.buffered += sum(map(len, chunks))
+
+    def queue_rest(self, frame: bytes, sent: int) -> None:
+        """Queue what a direct write of ``frame`` left (it wrote ``sent`` bytes while
+        nothing was queued: see :class:`SharedBatch`)."""
+        self.queue([memoryview(frame)[sent:] if sent else frame])  # type: ignore[list-item]
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued or being written: a frame may go to the socket directly."""
+        return not self.buffered and not self._lock.locked()
+
+    @property
+    def fileno(self) -> int:
+        """The descriptor of a plain socket that may be written directly (see
+        :class:`SharedBatch`), or -1 (TLS, closed)."""
+        if self._raw_send is None or self._failure is not None:
+            return -1
+        return int(self._sock.fileno())
+
+    @property
+    def failed(self) -> bool:
+        """Whether the transport failed: nothing more will be written."""
+        return self._failure is not None
+
+    # -- writing ----------------------------------------------------------------------
+
+    def write(self, deadline: Deadline = NO_DEADLINE) -> None:
+        """Write everything queued, in order, blocking as needed.
+
+        Raises the connection's :class:`~geventws.ConnectionClosed` when the transport
+        fails (or made no progress for ``send_timeout``), and :class:`TimeoutError`
+        when ``deadline`` passes. Safe to cancel (``deadline``, a
+        :class:`gevent.Timeout`, ``kill()``): what was not written stays queued, in
+        order, and is written in the background.
+        """
+        if self._failure is not None:
+            raise self._failure
+        if not self.buffered:
+            return
+        if self._raw_send is not None and not self._lock.locked():
+            if self.write_nowait():
+                return
+            if self._failure is not None:
+                raise self._failure
+        if not self._lock.acquire(timeout=deadline.remaining()):
+            raise deadline.error()
+        try:
+            self._write_locked(deadline)
+        finally:
+            self._lock.release()
+            if self.buffered and self._failure is None:
+                self.write_soon()  # interrupted: finish in the background
+
+    def _write_locked(self, deadline: Deadline) -> None:
+        sock = self._sock
+        send_timeout = self.send_timeout
+        while True:
+            view = self._next()
+            if view is None:
+                return
+            remaining = deadline.remaining()
+            if send_timeout is not None and (remaining is None or send_timeout < remaining):
+                timer = gevent.Timeout._start_new_or_dummy(send_timeout, SendTimeout)
+            else:
+                timer = gevent.Timeout._start_new_or_dummy(remaining, deadline.error())
+            try:
+                sent = sock.send(view)
+            except TimeoutError:
+                raise  # the caller's deadline (an OSError too): the rest stays queued
+            except (OSError, SendTimeout) as exc:
+                raise self._fail(exc) from exc
+            finally:
+                timer.close()
+            self._sent(view, sent)
+
+    def write_nowait(self) -> bool:
+        """Write what a plain socket takes right now, without waiting; True when
+        nothing is left. Only while nobody holds the write lock (no greenlet switches
+        here, so none can start meanwhile)."""
+        raw_send = self._raw_send
+        if raw_send is None or self._failure is not None or self._lock.locked():
+            return False
+        while True:
+            view = self._next()
+            if view is None:
+                return True
+            try:
+                sent = raw_send(view)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as exc:
+                self._fail(exc)
+                return False
+            self._sent(view, sent)
+            if self._view is not None:
+                return False  # the socket took part of it: it is full
+
+    def _next(self) -> Optional[memoryview]:
+        """What to write next: the rest in flight, else the queued chunks (joined while
+        small), recorded as in flight *before* anything can block."""
+        view = self._view
+        if view is not None:
+            return view
+        chunks = self._chunks
+        if not chunks:
+            return None
+        if len(chunks) == 1:
+            data: Chunk = chunks[0]
+            chunks.clear()
+        elif self.buffered <= _JOIN_LIMIT:
+            data = b"".join(chunks)
+            chunks.clear()
+        else:
+            data = chunks.pop(0)
+        view = self._view = memoryview(data)
+        return view
+
+    def _sent(self, view: memoryview, sent: int) -> None:
+        self.buffered -= sent
+        self._view = view[sent:] if sent < len(view) else None
+
+    def write_soon(self) -> None:
+        """Have everything queued written without blocking the caller: once the
+        calling greenlet yields (so what it queues meanwhile goes in the same write),
+        directly for a plain socket that takes it, else by a background greenlet."""
+        if self._callback is None and self._failure is None:
+            self._callback = self._loop.run_callback(self._write_in_loop)
+
+    def _write_in_loop(self) -> None:
+        # A loop callback: must not block nor raise.
+        self._callback = None
+        if not self.buffered or self._failure is not None or self._lock.locked():
+            return  # nothing to do, or the lock holder writes it (and reschedules)
+        if self.write_nowait() or self._failure is not None:
+            return
+        if self._flusher is None:
+            self._flusher = gevent.spawn_raw(self._write_in_background)
+
+    def _write_in_background(self) -> None:
+        try:
+            self.write()
+        except (ConnectionClosed, TimeoutError):
+            pass  # the connection reports its own end
+        finally:
+            self._flusher = None
+
+    def _fail(self, exc: Exception) -> ConnectionClosed:
+        """The transport failed: drop everything (the connection is over) and let the
+        connection record why; return what writers raise."""
+        if self._failure is None:
+            self._chunks.clear()
+            self._view = None
+            self.buffered = 0
+            self._failure = self._on_failure(exc)
+        return self._failure
+
+    def fail(self, closed: ConnectionClosed) -> None:
+        """The connection ended without this writer noticing a failure: drop the queue;
+        writers blocked or to come raise ``closed``."""
+        if self._failure is None:
+            self._chunks.clear()
+            self._view = None
+            self.buffered = 0
+            self._failure = closed
+
+    def stop(self) -> None:
+        """Cancel a pending loop callback (the connection is released)."""
+        if self._callback is not None:
+            self._callback.stop()
+            self._callback = None
+
+
+class SharedBatch:
+    """One frame written to many idle plain sockets with one batch of non-blocking
+    ``send`` calls (from C when built), for broadcasts and topics.
+
+    :meth:`add` takes a writer and the frame for it: an idle writer on a plain socket
+    joins the batch of that frame; any other gets the frame queued and written soon.
+    :meth:`send` writes the batches; nothing may switch greenlets between the first
+    :meth:`add` and :meth:`send` (each descriptor must still belong to its writer),
+    which holds as long as the caller does no I/O in between.
+    """
+
+    __slots__ = ("_batches",)
+
+    def __init__(self) -> None:
+        self._batches: dict[int, tuple[bytes, list[Writer], list[int]]] = {}
+
+    def add(self, writer: Writer, frame: bytes) -> None:
+        """Write ``frame`` to ``writer`` in this batch, or queue it."""
+        fd = writer.fileno if writer.idle else -1
+        if fd < 0:
+            writer.queue([frame])
+            writer.write_soon()
+            return
+        batch = self._batches.get(id(frame))
+        if batch is None:
+            batch = self._batches[id(frame)] = (frame, [], [])
+        batch[1].append(writer)
+        batch[2].append(fd)
+
+    def send(self) -> int:
+        """Write the batches; queue what a socket didn't take. Returns how many writers
+        were found lost (their connections report it themselves)."""
+        lost = 0
+        for frame, writers, fds in self._batches.values():
+            for index, sent in send_nowait(fds, frame):
+                if sent < 0:
+                    lost += 1
+                    continue
+                writer = writers[index]
+                writer.queue_rest(frame, sent)
+                writer.write_soon()
+        self._batches.clear()
+        return lost

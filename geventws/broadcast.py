@@ -1,0 +1,61 @@
+"""Sending one message to many connections: :func:`broadcast`.
+
+The message is framed once (:class:`~geventws.core.shared.SharedMessage`) and compressed
+once per permessage-deflate setting; each connection takes it through
+:meth:`Connection.send_shared <geventws.Connection.send_shared>`, and the idle plain
+sockets get it in one batch of non-blocking ``send`` calls made from C
+(:class:`~geventws._writer.SharedBatch`). Nothing here waits for a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Optional, Union
+
+from ._writer import HIGH_WATER, SharedBatch
+from .connection import Connection
+from .core.frames import BytesLike
+from .core.shared import SharedMessage
+
+__all__ = ["broadcast"]
+
+logger = logging.getLogger("geventws.server")
+
+
+def broadcast(
+    connections: Iterable[Connection],
+    message: Union[str, BytesLike],
+    binary: bool = False,
+    *,
+    limit: int = HIGH_WATER,
+    compress: Optional[bool] = None,
+) -> int:
+    """Send ``message`` to every open connection in ``connections``; return how many
+    it was queued to.
+
+    The frame is built once and written to each idle plain socket right away, if it
+    takes it; whatever a socket can't take now, and everything for TLS or client-side
+    connections, is written in the background. A connection that already has ``limit``
+    bytes (64 KiB by default) waiting is a slow consumer and is *skipped* for this
+    message, as is one in the middle of sending a fragmented message (its frames can't
+    be interrupted by another message). Never blocks on a slow client and never raises
+    for a connection's failure (logged at DEBUG on ``geventws.server``). Raises
+    :class:`ValueError` for bytes sent as text that aren't valid UTF-8.
+
+    With compression, the message is compressed *once* from a fresh deflate stream for
+    all the connections that negotiated the same settings (``compress`` and the
+    threshold as in :meth:`Connection.send`); each of those connections then starts its
+    next message without the earlier context, since its peer's window changed.
+    """
+    shared = SharedMessage(message, binary, compress)
+    batch = SharedBatch()
+    queued = 0
+    # Nothing in this loop switches greenlets or runs user code: each descriptor the
+    # batch collects still belongs to its connection when the batch is sent.
+    for connection in connections if isinstance(connections, (set, list)) else list(connections):
+        try:
+            if connection.send_shared(shared, limit=limit, batch=batch):
+                queued += 1
+        except Exception as exc:  # one bad connection must not stop the broadcast
+            logger.debug("broadcast to %r failed: %s", connection, exc)
+    return queued - batch.send()

@@ -1,0 +1,575 @@
+"""Every option of geventws, in one table: name, type, default, documentation, flag.
+
+The servers (:class:`~geventws.WebSocketServer`, :func:`~geventws.serve`,
+:class:`~geventws.wsgi.WebSocketMiddleware`), :func:`~geventws.connect`, the command
+line and the reference documentation all derive from :data:`OPTIONS`: an option has one
+name everywhere (``max_size`` ↔ ``--max-size``) and one default. The keyword arguments
+are typed by the :class:`~typing.TypedDict` classes below (checked against the table by
+``tests/test_options.py``); :func:`resolve` fills in defaults and refuses unknown names.
+
+Scopes say where an option applies:
+
+``connection``
+    every connection, server or client side;
+``upgrade``
+    servers deciding upgrades: the standalone server and the WSGI middleware;
+``server``
+    the standalone server only (it owns accepting, TLS and the request deadline);
+``client``
+    :func:`~geventws.connect` only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+from .core.assembler import DEFAULT_MAX_FRAGMENTS
+from .core.deflate import DeflateOptions, deflate_options
+
+if TYPE_CHECKING:
+    import ssl
+
+    from typing_extensions import TypedDict
+
+    from .core.headers import HeadersLike
+else:
+    from typing import TypedDict
+
+__all__ = [
+    "OPTIONS",
+    "Option",
+    "ConnectionOptions",
+    "UpgradeOptions",
+    "ServerOptions",
+    "ClientOptions",
+    "ConnectionSettings",
+    "resolve",
+    "options_for",
+    "parse_size",
+    "parse_seconds",
+]
+
+#: The scopes of each API: which options it takes.
+API_SCOPES: dict[str, frozenset[str]] = {
+    "server": frozenset({"connection", "upgrade", "server"}),
+    "middleware": frozenset({"connection", "upgrade"}),
+    "client": frozenset({"connection", "client"}),
+}
+
+
+# -- parsers of command-line values ------------------------------------------------------
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?", re.IGNORECASE)
+_FACTORS = {
+    None: 1,
+    "b": 1,
+    "k": 2**10,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 2**20,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 2**30,
+    "gb": 10**9,
+    "gib": 2**30,
+}
+
+
+def parse_size(text: str) -> Optional[int]:
+    """A size in bytes: ``1048576``, ``64KiB``, ``16MiB``, ``1MB``; ``none`` for no
+    limit. Raises :class:`ValueError` with a message naming the accepted forms."""
+    value = text.strip()
+    if value.lower() in ("none", "unlimited"):
+        return None
+    match = _SIZE.fullmatch(value)
+    if match is None:
+        raise ValueError(f"expected a size such as 1048576, 64KiB or 16MiB, or none: {text!r}")
+    unit = match.group(2).lower() if match.group(2) else None
+    return int(float(match.group(1)) * _FACTORS[unit])
+
+
+def parse_seconds(text: str) -> Optional[float]:
+    """Seconds (``2.5``), or ``none``/``off``. Raises :class:`ValueError`."""
+    value = text.strip().lower()
+    if value in ("none", "off"):
+        return None
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"expected a number of seconds (0 or more) or none: {text!r}")
+    return seconds
+
+
+def _positive_seconds(text: str) -> float:
+    seconds = parse_seconds(text)
+    if seconds is None:
+        raise ValueError(f"expected a number of seconds: {text!r}")
+    return seconds
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"expected a whole number, 0 or more: {text!r}")
+    return value
+
+
+def _optional_count(text: str) -> Optional[int]:
+    if text.strip().lower() in ("none", "unlimited"):
+        return None
+    value = _count(text)
+    return value if value else None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"expected a whole number, 1 or more: {text!r}")
+    return value
+
+
+def _max_queue(text: str) -> Union[int, tuple[int, int]]:
+    high, sep, low = text.partition(",")
+    if not sep:
+        return _positive(high)
+    return _positive(high), _count(low)
+
+
+def _compression(text: str) -> Optional[str]:
+    value = text.strip().lower()
+    if value in ("none", "off"):
+        return None
+    if value != "deflate":
+        raise ValueError(f"expected deflate or none: {text!r}")
+    return value
+
+
+def _bounded(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}: {text!r}")
+        return value
+
+    return parse
+
+
+def _origin(text: str) -> Optional[str]:
+    """An allowed ``Origin``: ``scheme://host[:port]`` as browsers send it, or
+    ``none`` for clients that send none."""
+    value = text.strip()
+    if value.lower() == "none":
+        return None
+    if value == "null":
+        return value
+    if not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#\s]+", value):
+        raise ValueError(
+            f"an origin is scheme://host[:port] as browsers send it (such as "
+            f"https://example.com), or none: {text!r}"
+        )
+    return value
+
+
+# -- the table -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cli:
+    """How an option appears on the command line."""
+
+    parse: Optional[Callable[[str], Any]] = None  #: str → value; raises ValueError
+    metavar: Optional[str] = None
+    flag: Optional[str] = None  #: default: ``--`` and the name with dashes
+    repeatable: bool = False  #: the flag may be given several times (a list)
+
+    def flag_for(self, name: str) -> str:
+        return self.flag or "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: ``name`` (the keyword argument), ``type`` (as the keyword's
+    annotation), ``default``, ``doc`` (one paragraph, reStructuredText), ``scope`` (see
+    the module doc) and how the command line takes it (``cli``; ``None``: not a flag)."""
+
+    name: str
+    type: str
+    default: Any
+    doc: str
+    scope: str
+    cli: Optional[Cli] = field(default=None)
+
+    @property
+    def flag(self) -> Optional[str]:
+        return None if self.cli is None else self.cli.flag_for(self.name)
+
+
+OPTIONS: tuple[Option, ...] = (
+    # -- every connection
+    Option(
+        "max_size",
+        "Optional[int]",
+        2**20,
+        "The largest message accepted, in bytes; over it the connection closes with "
+        "1009 (decided from the frame header, before the payload is read). ``None``: no "
+        "limit.",
+        "connection",
+        Cli(parse_size, "BYTES"),
+    ),
+    Option(
+        "max_fragments",
+        "Optional[int]",
+        DEFAULT_MAX_FRAGMENTS,
+        "The most frames one message may come in; the next one closes with 1009. "
+        "``None``: no limit.",
+        "connection",
+        Cli(_optional_count, "N"),
+    ),
+    Option(
+        "max_queue",
+        "Union[int, tuple[int, int]]",
+        16,
+        "How many received messages may wait for the application before reading stops "
+        "(TCP then pushes back on the peer); reading resumes at a quarter of it, or give "
+        "``(high, low)`` (``HIGH,LOW`` on the command line).",
+        "connection",
+        Cli(_max_queue, "N"),
+    ),
+    Option(
+        "close_timeout",
+        "float",
+        10.0,
+        "Seconds for the closing handshake and the end of TCP after it: ``close()`` "
+        "returns within it; also the time a graceful stop gives handlers.",
+        "connection",
+        Cli(_positive_seconds, "SECONDS"),
+    ),
+    Option(
+        "ping_interval",
+        "Optional[float]",
+        20.0,
+        "Keepalive: seconds between pings. ``None``: no keepalive pings.",
+        "connection",
+        Cli(parse_seconds, "SECONDS"),
+    ),
+    Option(
+        "ping_timeout",
+        "Optional[float]",
+        20.0,
+        "Keepalive: a peer that hasn't answered a ping this many seconds after it was "
+        "queued is closed with 1011. ``None``: wait forever.",
+        "connection",
+        Cli(parse_seconds, "SECONDS"),
+    ),
+    Option(
+        "send_timeout",
+        "Optional[float]",
+        None,
+        "Seconds a write may make no progress (a peer that doesn't read) before the "
+        "connection is closed with 1008. ``None``: writes wait as long as it takes.",
+        "connection",
+        Cli(parse_seconds, "SECONDS"),
+    ),
+    Option(
+        "compression",
+        "Optional[str]",
+        "deflate",
+        "``'deflate'`` negotiates permessage-deflate (RFC 7692); ``None`` turns compression off.",
+        "connection",
+        Cli(_compression, "deflate|none"),
+    ),
+    Option(
+        "compression_window_bits",
+        "int",
+        12,
+        "zlib's LZ77 window for compressing, as a power of two (9-15; 12 is 4 KiB); a "
+        "server also asks clients to compress with it when they let it.",
+        "connection",
+        Cli(_bounded(9, 15), "9-15"),
+    ),
+    Option(
+        "compression_mem_level",
+        "int",
+        5,
+        "zlib's memory level for compressing (1-9): smaller uses less memory per "
+        "connection and compresses less.",
+        "connection",
+        Cli(_bounded(1, 9), "1-9"),
+    ),
+    Option(
+        "compression_threshold",
+        "int",
+        128,
+        "Messages shorter than this many bytes are sent uncompressed.",
+        "connection",
+        Cli(_count, "BYTES"),
+    ),
+    Option(
+        "compression_level",
+        "int",
+        -1,
+        "zlib's compression level, 0-9 (-1: zlib's default, 6). Lower is faster with "
+        "less compression.",
+        "connection",
+        Cli(_bounded(-1, 9), "0-9"),
+    ),
+    # -- servers deciding upgrades
+    Option(
+        "origins",
+        "Optional[Iterable[Optional[str]]]",
+        None,
+        "Allowed ``Origin`` values (``scheme://host[:port]``); other origins get HTTP "
+        "403 before the handler runs. Include ``None`` to allow clients that send no "
+        "``Origin`` (non-browsers). ``None``: every origin is allowed.",
+        "upgrade",
+        Cli(_origin, "ORIGIN", flag="--origin", repeatable=True),
+    ),
+    Option(
+        "subprotocols",
+        "Optional[Iterable[str]]",
+        None,
+        "Subprotocols the server supports, in order of preference; picked at "
+        "``accept()`` unless the handler chooses.",
+        "upgrade",
+        Cli(str, "NAME", flag="--subprotocol", repeatable=True),
+    ),
+    # -- the standalone server
+    Option(
+        "handshake_timeout",
+        "float",
+        10.0,
+        "Seconds a client has to complete the TLS handshake and send its whole upgrade "
+        "request; slower clients are dropped.",
+        "server",
+        Cli(_positive_seconds, "SECONDS"),
+    ),
+    Option(
+        "max_connections",
+        "Optional[int]",
+        None,
+        "Connections served at once (handshakes included); beyond it new clients get "
+        "HTTP 503 with ``Retry-After``. ``None``: no limit.",
+        "server",
+        Cli(_optional_count, "N"),
+    ),
+    Option(
+        "ssl_context",
+        "Optional[ssl.SSLContext]",
+        None,
+        "A server :class:`ssl.SSLContext` to serve ``wss://`` (on the command line: "
+        "``--certfile`` and ``--keyfile``).",
+        "server",
+    ),
+    Option(
+        "backlog",
+        "Optional[int]",
+        None,
+        "The listening socket's backlog (``None``: gevent's default).",
+        "server",
+        Cli(_positive, "N"),
+    ),
+    # -- the client
+    Option(
+        "headers",
+        "Optional[HeadersLike]",
+        None,
+        "Header fields added to the upgrade request.",
+        "client",
+        Cli(None, "'NAME: VALUE'", flag="--header", repeatable=True),
+    ),
+    Option(
+        "origin",
+        "Optional[str]",
+        None,
+        "The ``Origin`` header to send.",
+        "client",
+        Cli(str, "ORIGIN"),
+    ),
+    Option(
+        "client_subprotocols",
+        "Optional[Sequence[str]]",
+        None,
+        "Subprotocols to offer, in order of preference (the keyword argument is ``subprotocols``).",
+        "client",
+        Cli(str, "NAME", flag="--subprotocol", repeatable=True),
+    ),
+    Option(
+        "open_timeout",
+        "Optional[float]",
+        10.0,
+        "Seconds for the whole opening: DNS, TCP, TLS, the handshake and redirects.",
+        "client",
+        Cli(parse_seconds, "SECONDS"),
+    ),
+    Option(
+        "ssl",
+        "Optional[ssl.SSLContext]",
+        None,
+        "The :class:`ssl.SSLContext` for ``wss://`` (default: "
+        ":func:`ssl.create_default_context`, which verifies certificates; on the "
+        "command line: ``--cafile`` and ``--insecure``).",
+        "client",
+    ),
+    Option(
+        "server_hostname",
+        "Optional[str]",
+        None,
+        "The TLS server name to send and verify instead of the URI's host (for that "
+        "host only: not after a redirect to another one).",
+        "client",
+    ),
+    Option(
+        "max_redirects",
+        "int",
+        10,
+        "Redirects (301, 302, 303, 307, 308) followed before giving up.",
+        "client",
+        Cli(_count, "N"),
+    ),
+    Option(
+        "user_agent",
+        "Optional[str]",
+        "geventws",
+        "The ``User-Agent`` header, unless ``headers`` give one (``None``: none).",
+        "client",
+    ),
+    Option(
+        "sensitive_headers",
+        "Iterable[str]",
+        (),
+        "Header names dropped when a redirect leads to another origin, besides "
+        "``Authorization``, ``Cookie`` and ``Proxy-Authorization``, which always are.",
+        "client",
+    ),
+)
+
+#: Options whose keyword argument differs from the table's name (to keep names unique).
+_KEYWORDS = {"client_subprotocols": "subprotocols"}
+
+
+def keyword(option: Option) -> str:
+    """The keyword argument of ``option``."""
+    return _KEYWORDS.get(option.name, option.name)
+
+
+def options_for(api: str) -> list[Option]:
+    """The options an API takes: ``"server"``, ``"middleware"`` or ``"client"``."""
+    scopes = API_SCOPES[api]
+    return [option for option in OPTIONS if option.scope in scopes]
+
+
+def resolve(api: str, given: Mapping[str, Any], caller: str) -> dict[str, Any]:
+    """Every option of ``api``, from ``given`` keyword arguments or the defaults.
+
+    Raises :class:`TypeError` for a name ``api`` doesn't take (as Python does for an
+    unexpected keyword argument of ``caller``).
+    """
+    values = {keyword(option): option.default for option in options_for(api)}
+    for name in given:
+        if name not in values:
+            raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}")
+    values.update(given)
+    return values
+
+
+# -- what the keyword arguments look like to a type checker -----------------------------
+
+
+class ConnectionOptions(TypedDict, total=False):
+    """The ``connection`` options (see :data:`OPTIONS`)."""
+
+    max_size: Optional[int]
+    max_fragments: Optional[int]
+    max_queue: Union[int, tuple[int, int]]
+    close_timeout: float
+    ping_interval: Optional[float]
+    ping_timeout: Optional[float]
+    send_timeout: Optional[float]
+    compression: Optional[str]
+    compression_window_bits: int
+    compression_mem_level: int
+    compression_threshold: int
+    compression_level: int
+
+
+class UpgradeOptions(ConnectionOptions, total=False):
+    """The options of :class:`~geventws.wsgi.WebSocketMiddleware`."""
+
+    origins: Optional[Iterable[Optional[str]]]
+    subprotocols: Optional[Iterable[str]]
+
+
+class ServerOptions(UpgradeOptions, total=False):
+    """The options of :class:`~geventws.WebSocketServer` and :func:`~geventws.serve`."""
+
+    handshake_timeout: float
+    max_connections: Optional[int]
+    ssl_context: Optional[ssl.SSLContext]
+    backlog: Optional[int]
+
+
+class ClientOptions(ConnectionOptions, total=False):
+    """The options of :func:`~geventws.connect`."""
+
+    headers: Optional[HeadersLike]
+    origin: Optional[str]
+    subprotocols: Optional[Sequence[str]]
+    open_timeout: Optional[float]
+    ssl: Optional[ssl.SSLContext]
+    server_hostname: Optional[str]
+    max_redirects: int
+    user_agent: Optional[str]
+    sensitive_headers: Iterable[str]
+
+
+# -- what connections share ----------------------------------------------------------------
+
+
+class ConnectionSettings:
+    """The ``connection`` options, resolved and checked once, shared by every
+    connection a server (or a ``connect()`` call) makes."""
+
+    __slots__ = (
+        "close_timeout",
+        "deflate",
+        "max_fragments",
+        "max_queue",
+        "max_queue_low",
+        "max_size",
+        "ping_interval",
+        "ping_timeout",
+        "send_timeout",
+    )
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self.max_size: Optional[int] = values["max_size"]
+        self.max_fragments: Optional[int] = values["max_fragments"]
+        if self.max_fragments is not None and self.max_fragments < 1:
+            raise ValueError("max_fragments must be at least 1 (or None)")
+        max_queue = values["max_queue"]
+        high, low = (max_queue, None) if isinstance(max_queue, int) else max_queue
+        #: Reading stops once this many messages wait.
+        self.max_queue: int = max(1, high)
+        #: Reading resumes once the queue is down to this many messages.
+        self.max_queue_low: int = max(
+            0, min(self.max_queue - 1, low if low is not None else high // 4)
+        )
+        self.close_timeout: float = values["close_timeout"]
+        self.ping_interval: Optional[float] = values["ping_interval"]
+        self.ping_timeout: Optional[float] = values["ping_timeout"]
+        self.send_timeout: Optional[float] = values["send_timeout"]
+        #: The permessage-deflate settings, or ``None`` without compression.
+        self.deflate: Optional[DeflateOptions] = deflate_options(
+            values["compression"],
+            values["compression_window_bits"],
+            values["compression_mem_level"],
+            values["compression_threshold"],
+            values["compression_level"],
+        )
+
+    @classmethod
+    def defaults(cls) -> ConnectionSettings:
+        """The settings of every default."""
+        return cls(resolve("client", {}, "ConnectionSettings"))

@@ -1,0 +1,482 @@
+"""The connection layer under cancellation: timeouts, ``gevent.Timeout`` and ``kill()``
+at every point where a greenlet can switch, against an independent raw-socket peer in a
+thread that checks the bytes on the wire (tests/utils.RawPeer: its own framing code).
+
+The connection runs in this thread's gevent hub, over a real TCP connection on
+loopback with small socket buffers (so large writes block); the peer is a plain
+blocking socket driven by a thread. Waits in the hub poll with ``gevent.sleep`` (never
+a blocking call that would stall the hub), each with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import threading
+from typing import Any, Callable, Iterator, Optional
+
+import gevent
+import gevent.socket
+import greenlet
+import pytest
+
+from geventws import Connection, ConnectionClosed, ConnectionClosedError
+from geventws.core.protocol import Protocol, Side
+from geventws.options import ConnectionSettings, resolve
+
+from .utils import RawPeer, client_frame, fd_count
+
+BIG = os.urandom(256 * 1024)
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+def tcp_pair(buffer: int = 8192) -> tuple[Any, socket.socket]:
+    """A real TCP connection on loopback: (gevent socket, plain blocking socket), with
+    small buffers so that a large write blocks until the peer reads."""
+    listener = socket.socket()
+    # An Ethernet-sized MSS (loopback's is 64 KiB): with buffers smaller than one
+    # segment, every window update would wait for TCP's persist timer.
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1460)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.socket()
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1460)
+    client.settimeout(20)
+    client.connect(listener.getsockname())
+    accepted, _ = listener.accept()
+    listener.close()
+    ours = gevent.socket.socket(fileno=accepted.detach())
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+    for sock in (ours, client):  # as the server and the client set them
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return ours, client
+
+
+def server_connection(sock: Any, **options: Any) -> Connection:
+    """A server-side Connection already open (no HTTP handshake)."""
+    options.setdefault("ping_interval", None)
+    settings = ConnectionSettings(resolve("server", options, "test"))
+    protocol = Protocol(Side.SERVER, max_size=settings.max_size)
+    return Connection(sock, Side.SERVER, settings, protocol=protocol)
+
+
+def wait_in_hub(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll ``predicate`` while letting the hub run; its last value."""
+    with gevent.Timeout(timeout, False):
+        while not predicate():
+            gevent.sleep(0.005)
+    return predicate()
+
+
+class Peer:
+    """The raw peer's script, run in a thread: ``script(peer)``, using ``peer.raw`` (a
+    :class:`RawPeer`) and ``peer.go``; its result or exception is kept for the test."""
+
+    def __init__(self, sock: socket.socket, script: Callable[[Peer], Any]) -> None:
+        self.raw = RawPeer(sock)
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.go = threading.Event()  # the test lets the script go on
+        self._thread = threading.Thread(target=self._run, args=(script,), daemon=True)
+        self._thread.start()
+
+    def _run(self, script: Callable[[Peer], Any]) -> None:
+        try:
+            self.result = script(self)
+        except BaseException as exc:  # reported to the test
+            self.error = exc
+
+    def finish(self, timeout: float = 20.0) -> Any:
+        """Wait (in the hub) for the script; its result, or re-raise its error."""
+        assert wait_in_hub(lambda: not self._thread.is_alive(), timeout), "peer script hung"
+        self._thread.join()
+        self.raw.close()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def close_code(payload: bytes) -> int:
+    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+
+
+def read_all(raw: RawPeer, answer_close: bool = True) -> tuple[list[tuple[int, bytes]], Any]:
+    """Every frame until the close (answered) or EOF: (data frames, close code or None).
+    Raises if the bytes don't parse as frames."""
+    frames: list[tuple[int, bytes]] = []
+    while True:
+        try:
+            _, opcode, payload = raw.read_frame()
+        except (EOFError, ConnectionResetError):
+            return frames, None
+        if opcode == 8:
+            if answer_close:
+                try:
+                    raw.send(client_frame(8, payload[:2]))
+                    raw.sock.shutdown(socket.SHUT_WR)  # as a client ends TCP after it
+                except OSError:
+                    pass
+            return frames, close_code(payload)
+        frames.append((opcode, payload))
+
+
+class SwitchPoints:
+    """Count where ``victim`` switches greenlets, or interrupt it there: at its
+    ``at``-th switch, ``exception()`` is thrown into it (as a ``gevent.Timeout`` around
+    the call or a ``kill()`` would be)."""
+
+    def __init__(
+        self, at: Optional[int] = None, exception: Callable[[], BaseException] = gevent.Timeout
+    ) -> None:
+        self.at = at
+        self.exception = exception
+        self.count = 0
+        self.victim: Any = None
+        self._previous: Any = None
+
+    def _trace(self, event: str, args: Any) -> None:
+        if event == "switch" and args[0] is self.victim and not self.victim.dead:
+            self.count += 1
+            if self.count == self.at:
+                self.victim.kill(self.exception(), block=False)
+        if self._previous is not None:
+            self._previous(event, args)
+
+    def run(self, function: Callable[[], Any]) -> Any:
+        """Run ``function`` in a greenlet under the trace; its result, or the exception
+        that ended it (returned, not raised)."""
+        self.victim = gevent.spawn(function)
+        self._previous = greenlet.settrace(self._trace)
+        try:
+            self.victim.join(30)
+        finally:
+            greenlet.settrace(self._previous)
+        assert self.victim.ready(), "the operation hung"
+        return self.victim.value if self.victim.successful() else self.victim.exception
+
+
+INTERRUPTIONS = [
+    pytest.param(gevent.Timeout, id="timeout"),
+    pytest.param(greenlet.GreenletExit, id="kill"),
+]
+
+
+def injection_points(count: int, limit: int = 40) -> list[int]:
+    """1..count, thinned to about ``limit`` points (always the first and last)."""
+    if count <= limit:
+        return list(range(1, count + 1))
+    step = count / limit
+    return sorted({1, count, *(int(1 + i * step) for i in range(limit))})
+
+
+@pytest.fixture(autouse=True)
+def _no_leaks() -> Iterator[None]:
+    gevent.sleep(0)  # the hub and its loop exist (their own descriptors) before counting
+    before = fd_count()
+    yield
+    gevent.sleep(0.05)
+    assert wait_in_hub(lambda: fd_count() <= before), (
+        f"descriptors leaked: {before} -> {fd_count()}"
+    )
+
+
+# -- the six scenarios of the issue ---------------------------------------------------------
+
+
+def test_receive_timeout_inline_keeps_answering_pings() -> None:
+    """1. ``receive(timeout)`` timing out while reading inline leaves someone reading:
+    a handler that then only pushes still answers pings, so keepalive never closes a
+    healthy peer."""
+    ours, theirs = tcp_pair()
+
+    def script(peer: Peer) -> list[bytes]:
+        raw = peer.raw
+        peer.go.wait(10)
+        pongs = []
+        for n in range(3):
+            raw.send(client_frame(9, b"ping %d" % n))
+            while True:
+                _, opcode, payload = raw.read_frame()
+                if opcode == 10:
+                    pongs.append(payload)
+                    break
+        raw.send(client_frame(8, struct.pack("!H", 1000)))
+        read_all(raw, answer_close=False)
+        return pongs
+
+    peer = Peer(theirs, script)
+    connection = server_connection(ours, ping_interval=0.05, ping_timeout=0.5)
+    with pytest.raises(TimeoutError):
+        connection.receive(timeout=0.05)
+    peer.go.set()
+    # A push-only handler: never receives again, sends ticks.
+    while not connection.closed:
+        try:
+            connection.send("tick")
+        except ConnectionClosed:
+            break
+        gevent.sleep(0.01)
+    assert peer.finish() == [b"ping 0", b"ping 1", b"ping 2"]
+    assert connection.close_code == 1000
+    connection.abort()
+
+
+@pytest.mark.parametrize("interruption", INTERRUPTIONS)
+def test_interrupted_large_send_never_tears_a_frame(interruption: Any) -> None:
+    """2. A ``gevent.Timeout`` or ``kill()`` interrupting ``send()`` of a large message
+    doesn't truncate it on the wire: the rest is written later, whole and in order, and
+    what is sent next follows it."""
+    ours, theirs = tcp_pair()
+
+    def script(peer: Peer) -> Any:
+        raw = peer.raw
+        peer.go.wait(10)  # don't read until the send was interrupted
+        return read_all(raw)
+
+    peer = Peer(theirs, script)
+    connection = server_connection(ours)
+    points = SwitchPoints(at=1, exception=interruption)
+    outcome = points.run(lambda: connection.send(BIG, binary=True))
+    assert isinstance(outcome, interruption)  # it was blocked, and interrupted there
+    assert not connection.closed
+    peer.go.set()
+    connection.send("next")  # over the high-water mark: waits for the rest to go out
+    connection.close()
+    frames, code = peer.finish()
+    assert frames == [(2, BIG), (1, b"next")]
+    assert code == 1000
+
+
+def test_receive_timeout_never_loses_a_message_read_with_a_ping() -> None:
+    """3. A ping and a message arrive in one read while another greenlet holds the
+    write lock (blocked on a peer that doesn't read): the pong is queued, never awaited,
+    so ``receive(timeout)`` returns the message; and if it had timed out, the next call
+    would have it."""
+    ours, theirs = tcp_pair()
+
+    def script(peer: Peer) -> Any:
+        raw = peer.raw
+        raw.send(client_frame(9, b"are you there") + client_frame(1, b"the message"))
+        peer.go.wait(10)
+        return read_all(raw)
+
+    peer = Peer(theirs, script)
+    connection = server_connection(ours)
+    blocked = gevent.spawn(connection.send, BIG, binary=True)  # holds the write lock
+    gevent.sleep(0.05)
+    assert not blocked.ready()  # it can't finish: the peer doesn't read
+    assert connection.receive(timeout=2) == "the message"
+    peer.go.set()
+    blocked.join(10)
+    assert blocked.successful()
+    connection.close()
+    frames, code = peer.finish()
+    assert frames == [(2, BIG), (10, b"are you there")]
+    assert code == 1000
+
+
+def test_receive_deadline_is_not_held_up_by_output_the_peer_does_not_read() -> None:
+    """4. ``receive(timeout)`` returns on its deadline even when output queued before
+    it can't be written because the peer doesn't read: the output goes out in the
+    background, never waited for by ``receive()``. It is not lost: it is written once
+    the peer reads."""
+    ours, theirs = tcp_pair()
+
+    def script(peer: Peer) -> Any:
+        raw = peer.raw
+        peer.go.wait(20)
+        return read_all(raw)
+
+    peer = Peer(theirs, script)
+    connection = server_connection(ours)
+    small = b"x" * 60000  # under the high-water mark: queued, not written by send()
+    connection.send(small, binary=True)
+    attempt = gevent.spawn(connection.receive, 0.2)
+    attempt.join(15)  # a liveness bound, not a measurement: it must return at all
+    assert attempt.ready(), "receive() waited for the flush beyond its deadline"
+    assert isinstance(attempt.exception, TimeoutError)
+    peer.go.set()
+    connection.close()
+    frames, code = peer.finish()
+    assert frames == [(2, small)]
+    assert code == 1000
+
+
+def test_keepalive_deadline_closes_a_peer_that_stopped_reading_while_a_send_blocks() -> None:
+    """5. The keepalive deadline starts when the ping is queued, so a peer that stopped
+    reading is closed with 1011 after ping_timeout even while our send is blocked (and
+    without send_timeout); the blocked send raises ConnectionClosedError(1011)."""
+    ours, theirs = tcp_pair()
+
+    def script(peer: Peer) -> None:
+        peer.go.wait(20)  # never reads until the test is over
+
+    peer = Peer(theirs, script)
+    connection = server_connection(ours, ping_interval=0.1, ping_timeout=0.2)
+    sender = gevent.spawn(connection.send, BIG * 8, binary=True)
+    sender.join(15)
+    peer.go.set()
+    assert sender.ready(), "the blocked send was never released"
+    assert isinstance(sender.exception, ConnectionClosedError)
+    assert sender.exception.code == 1011
+    assert connection.close_code == 1011
+    peer.finish()
+    connection.abort()
+
+
+# -- every switch point -------------------------------------------------------------------
+
+
+def count_switches(build: Callable[[], tuple[Connection, Peer, Callable[[], Any]]]) -> int:
+    connection, peer, operation = build()
+    points = SwitchPoints()
+    points.run(operation)
+    connection.close()
+    connection.abort()
+    peer.go.set()
+    peer.finish()
+    return points.count
+
+
+def sending_scenario() -> tuple[Connection, Peer, Callable[[], Any]]:
+    """A large send to a peer that reads slowly (it switches many times)."""
+    ours, theirs = tcp_pair()
+
+    def script(peer: Peer) -> Any:
+        raw = peer.raw
+        return read_all(raw)
+
+    connection = server_connection(ours)
+    return connection, Peer(theirs, script), lambda: connection.send(BIG, binary=True)
+
+
+@pytest.mark.parametrize("interruption", INTERRUPTIONS)
+def test_send_interrupted_at_every_switch_point(interruption: Any) -> None:
+    total = count_switches(sending_scenario)
+    assert total >= 2
+    for at in injection_points(total):
+        connection, peer, operation = sending_scenario()
+        SwitchPoints(at, interruption).run(operation)
+        connection.send("after")
+        connection.close()
+        frames, code = peer.finish()
+        assert frames == [(2, BIG), (1, b"after")], f"interrupted at switch {at}"
+        assert code == 1000
+        connection.abort()
+
+
+def receiving_scenario() -> tuple[Connection, Peer, Callable[[], Any]]:
+    """Three messages and two pings, trickling in; the operation receives them."""
+    ours, theirs = tcp_pair()
+    got: list[Any] = []
+
+    def script(peer: Peer) -> Any:
+        raw = peer.raw
+        for n in range(3):
+            raw.send(client_frame(9, b"p%d" % n)[:3])  # a frame split across reads
+            raw.send(client_frame(9, b"p%d" % n)[3:] + client_frame(1, b"m%d" % n))
+        return read_all(raw)
+
+    connection = server_connection(ours)
+    connection.got = got  # type: ignore[attr-defined]
+
+    def operation() -> None:
+        for _ in range(3):
+            got.append(connection.receive())
+
+    return connection, Peer(theirs, script), operation
+
+
+@pytest.mark.parametrize("interruption", INTERRUPTIONS)
+def test_receive_interrupted_at_every_switch_point(interruption: Any) -> None:
+    total = count_switches(receiving_scenario)
+    assert total >= 1
+    for at in injection_points(total):
+        connection, peer, operation = receiving_scenario()
+        SwitchPoints(at, interruption).run(operation)
+        got = connection.got  # type: ignore[attr-defined]
+        while len(got) < 3:
+            got.append(connection.receive(timeout=10))
+        assert got == ["m0", "m1", "m2"], f"interrupted at switch {at}"
+        connection.close()
+        frames, code = peer.finish()
+        assert sorted(frames) == [(10, b"p0"), (10, b"p1"), (10, b"p2")]
+        assert code == 1000
+        connection.abort()
+
+
+def closing_scenario() -> tuple[Connection, Peer, Callable[[], Any]]:
+    """``close()`` while a large message is still to be written."""
+    ours, theirs = tcp_pair()
+
+    def script(peer: Peer) -> Any:
+        raw = peer.raw
+        return read_all(raw)
+
+    peer = Peer(theirs, script)
+    connection = server_connection(ours)
+    connection.send(BIG[:60000], binary=True)  # under the high-water mark: queued
+    return connection, peer, lambda: connection.close(1001, "bye")
+
+
+@pytest.mark.parametrize("interruption", INTERRUPTIONS)
+def test_close_interrupted_at_every_switch_point(interruption: Any) -> None:
+    total = count_switches(closing_scenario)
+    assert total >= 2
+    for at in injection_points(total):
+        connection, peer, operation = closing_scenario()
+        SwitchPoints(at, interruption).run(operation)
+        connection.close()  # idempotent: finishes what was interrupted, or nothing
+        assert connection.closed
+        frames, code = peer.finish()
+        assert frames == [(2, BIG[:60000])], f"interrupted at switch {at}"
+        assert code == 1001
+        assert connection.close_code == 1001
+        connection.abort()
+
+
+def test_ping_never_blocks_and_its_pong_survives_an_interrupted_wait() -> None:
+    ours, theirs = tcp_pair()
+
+    def script(peer: Peer) -> Any:
+        raw = peer.raw
+        _, _, payload = raw.read_frame()
+        peer.go.wait(10)
+        raw.send(client_frame(10, payload))
+        return read_all(raw)
+
+    peer = Peer(theirs, script)
+    connection = server_connection(ours)
+    points = SwitchPoints()
+    pong = points.run(connection.ping)
+    assert points.count == 0  # queueing a ping never switches
+    with pytest.raises(gevent.Timeout):
+        with gevent.Timeout(0.05):
+            pong.get()
+    peer.go.set()
+    assert pong.get(timeout=10) >= 0  # the pong arrived and resolved it
+    connection.close()
+    assert peer.finish() == ([], 1000)
+    connection.abort()
+
+
+def test_close_code_and_reason_of_a_peer_close_are_echoed() -> None:
+    ours, theirs = tcp_pair()
+
+    def script(peer: Peer) -> Any:
+        raw = peer.raw
+        raw.send(client_frame(8, struct.pack("!H", 4001) + b"see you"))
+        _, opcode, payload = raw.read_frame()
+        return opcode, payload
+
+    peer = Peer(theirs, script)
+    connection = server_connection(ours)
+    with pytest.raises(ConnectionClosed) as info:
+        connection.receive(timeout=10)
+    assert (info.value.code, info.value.reason) == (4001, "see you")
+    assert peer.finish() == (8, struct.pack("!H", 4001) + b"see you")
+    connection.abort()
