@@ -1,72 +1,114 @@
 #!/usr/bin/env python3
-"""Broadcast benchmark: geventws.broadcast() against websockets' broadcast() on its
-asyncio server, in the same run.
+"""Broadcast benchmark: geventws.broadcast() against its peers, per second of server
+CPU, in the same run.
 
-For 1,000 and 10,000 connected clients (Node's ws package, scripts/bench/loadgen.js),
-one client asks the server to broadcast 64-byte messages; the load generator times
-from the request to the last delivery. Reports deliveries per second (medians of the
-interleaved rounds) and the ratio geventws / websockets.
+Each server relays every message a client sends to every connected client
+(scripts/bench/broadcast_app.py, ceiling.py, ws_server.js: each library's natural
+broadcast). Node's ws package (scripts/bench/loadgen.js) opens the clients; one of them
+publishes messages stamped with their sequence number, keeping 16 in flight (the next
+is published as soon as one has reached every client). The load generator records each
+message's publish time and measures publish-to-receive latency for every delivery.
+Reports deliveries per second, per second of *server* CPU (user + system of the server
+process, from /proc, while publishing) and p50/p99 delivery latency: medians of
+interleaved rounds (the server order rotates each round), and the ratio geventws /
+peer per CPU-second.
 
-Usage: python scripts/bench_broadcast.py [--rounds 3] [--write-results]
+Scenarios:
+  1000          1,000 clients, 64-byte text messages, 16 in flight
+  10000         10,000 clients, 64-byte text messages, 16 in flight
+  1000-deflate  1,000 clients that all negotiated permessage-deflate, 1 KiB JSON-like
+                text, 16 in flight (servers that implement compression only)
+
+Servers: geventws, gevent-ceiling (the raw gevent ceiling: one blocking sendall per
+client of the frames one recv brought), picows, node-ws, gevent-websocket (Nagle on, as
+its users have it), websockets.
+
+Usage: python scripts/bench_broadcast.py [--rounds 3] [--seconds 5]
+       [--servers ...] [--scenarios 1000,10000,1000-deflate] [--write-results]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
-import subprocess
 import sys
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
-from bench_echo import BENCH, Server, cpu_seconds, raise_fd_limit, report
+from bench_echo import (
+    BENCH,
+    RESULT_HEADER,
+    SERVERS,
+    Sample,
+    Server,
+    ensure_node_modules,
+    measure,
+    milliseconds,
+    raise_fd_limit,
+    report,
+    result_row,
+    rotated,
+    versions,
+)
 
-#: (label, clients, messages, compressed): 64-byte messages, then 1 KiB JSON-like
-#: messages to clients that all negotiated permessage-deflate.
-SCENARIOS = [
-    ("1000", 1000, 200, False),
-    ("10000", 10000, 20, False),
-    ("1000 deflate", 1000, 50, True),
-]
+
+class Scenario(NamedTuple):
+    clients: int
+    inflight: int
+    size: int
+    compressed: bool
+
+
+SCENARIOS = {
+    "1000": Scenario(1000, 16, 64, False),
+    "10000": Scenario(10000, 16, 64, False),
+    "1000-deflate": Scenario(1000, 16, 1024, True),
+}
+#: The servers that implement permessage-deflate.
+DEFLATE_SERVERS = {"geventws", "node-ws", "websockets"}
 
 
 def command_for(compressed: bool) -> Callable[[str, int], list[str]]:
     def command(name: str, port: int) -> list[str]:
         mode = ["deflate"] if compressed else []
+        if name == "gevent-ceiling":
+            return [sys.executable, str(BENCH / "ceiling.py"), str(port), "broadcast"]
+        if name == "node-ws":
+            return ["node", str(BENCH / "ws_server.js"), str(port), "broadcast", *mode]
         return [sys.executable, str(BENCH / "broadcast_app.py"), name, str(port), *mode]
 
     return command
 
 
-def run(name: str, clients: int, messages: int, compressed: bool) -> tuple[float, float]:
-    server = Server(name, command_for(compressed))
+def run(name: str, scenario: Scenario, seconds: float) -> Sample:
+    """One measurement; raises RuntimeError if a connection failed or a message
+    published over two seconds before the end did not reach every client."""
+    server = Server(name, command_for(scenario.compressed))
     try:
-        process = subprocess.Popen(
-            [
-                "node",
-                str(BENCH / "loadgen.js"),
-                "broadcast",
-                server.url,
-                str(clients),
-                str(messages),
-                str(int(compressed)),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=raise_fd_limit,
+        result, cpu = measure(
+            server,
+            "broadcast",
+            server.url,
+            scenario.clients,
+            scenario.inflight,
+            scenario.size,
+            seconds,
+            int(scenario.compressed),
+            timeout=seconds + 150,
         )
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "open"
-        cpu0 = cpu_seconds(server.process.pid)
-        result = json.loads(process.stdout.readline())
-        cpu1 = cpu_seconds(server.process.pid)
-        process.wait(timeout=60)
     finally:
         server.stop()
-    if not result["complete"]:
-        raise RuntimeError(f"{name}: only {result['deliveries']} of {clients * messages} delivered")
-    return result["deliveries"] / result["seconds"], result["deliveries"] / max(cpu1 - cpu0, 1e-9)
+    if result["errors"] or result["stalled"]:
+        raise RuntimeError(
+            f"{name}: {result['errors']} errors, {result['stalled']} messages not delivered"
+        )
+    return Sample(
+        result["deliveries"] / result["seconds"],
+        result["deliveries"] / max(cpu, 1e-9),
+        result["p50"],
+        result["p99"],
+    )
 
 
 def main() -> int:
@@ -74,42 +116,60 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--write-results", action="store_true")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--servers", default=",".join(SERVERS))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--write-results", action="store_true", help="write scripts/bench/BROADCAST.rst"
+    )
     args = parser.parse_args()
+    ensure_node_modules()
     raise_fd_limit()
-    results: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    servers = [s for s in args.servers.split(",") if s]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    for label in scenarios:
+        if label not in SCENARIOS:
+            parser.error(f"unknown scenario {label!r}")
+
+    def runs_in(label: str) -> list[str]:
+        if SCENARIOS[label].compressed:
+            return [name for name in servers if name in DEFLATE_SERVERS]
+        return servers
+
+    results: dict[tuple[str, str], list[Sample]] = {}
     for round_ in range(args.rounds):
-        for label, clients, messages, compressed in SCENARIOS:
-            for name in ("geventws", "websockets"):
-                rate, per_cpu = run(name, clients, messages, compressed)
-                results.setdefault((label, name), []).append((rate, per_cpu))
+        for label in scenarios:
+            for name in rotated(runs_in(label), round_):
+                sample = run(name, SCENARIOS[label], args.seconds)
+                results.setdefault((label, name), []).append(sample)
                 print(
-                    f"round {round_ + 1} {label:12} clients {name:10} {rate:12,.0f} "
-                    f"deliveries/s {per_cpu:12,.0f} per server CPU-s",
+                    f"round {round_ + 1} {label:12} {name:16} {sample.rate:12,.0f} deliveries/s "
+                    f"{sample.per_cpu:12,.0f}/CPU-s p50 {milliseconds(sample.p50)} ms "
+                    f"p99 {milliseconds(sample.p99)} ms",
                     flush=True,
                 )
-    caption = (
-        f"Measured {time.strftime('%Y-%m-%d')}, loopback, {args.rounds} interleaved rounds, medians "
-        f"(``python scripts/bench_broadcast.py --rounds {args.rounds}``)."
+    command = (
+        f"python scripts/bench_broadcast.py --rounds {args.rounds} --seconds {args.seconds:g} "
+        f"--servers {','.join(servers)} --scenarios {','.join(scenarios)}"
     )
-    header = ["clients", "server", "deliveries/s", "per server CPU-second", "geventws ratio (CPU)"]
+    caption = (
+        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, loopback, "
+        f"{args.rounds} interleaved rounds of {args.seconds:g} s, medians, ``{command}``; "
+        f"scenario = clients, latency = publish to delivery; {versions(servers)}."
+    )
     rows = []
-    for label, *_ in SCENARIOS:
-        ours, theirs = (
-            [statistics.median(r[i] for r in results[(label, name)]) for i in (0, 1)]
-            for name in ("geventws", "websockets")
+    for label in scenarios:
+        names = runs_in(label)
+        ours = (
+            statistics.median(s.per_cpu for s in results[(label, "geventws")])
+            if "geventws" in names
+            else None
         )
-        rows.append([label, "geventws", f"{ours[0]:,.0f}", f"{ours[1]:,.0f}", ""])
-        rows.append(
-            [
-                label,
-                "websockets",
-                f"{theirs[0]:,.0f}",
-                f"{theirs[1]:,.0f}",
-                f"{ours[1] / theirs[1]:.2f}x",
-            ]
-        )
-    report(caption, header, rows, BENCH / "BROADCAST.rst" if args.write_results else None)
+        for name in names:
+            peer_ours = None if name == "geventws" else ours
+            rows.append(result_row(label, name, results[(label, name)], peer_ours, "deliveries"))
+    path = BENCH / "BROADCAST.rst" if args.write_results else None
+    report(caption, RESULT_HEADER, rows, path)
     return 0
 
 

@@ -26,9 +26,11 @@ import time
 
 from bench_echo import (
     BENCH,
+    Sample,
     Server,
     echo_rows,
     echo_run,
+    ensure_node_modules,
     idle_run,
     raise_fd_limit,
     report,
@@ -60,13 +62,10 @@ def main() -> int:
         "--write-results", action="store_true", help="write scripts/bench/COMPRESSION.rst"
     )
     args = parser.parse_args()
-    if not (BENCH / "node_modules" / "ws").exists():
-        import subprocess
-
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=BENCH, check=True)
+    ensure_node_modules()
     raise_fd_limit()
     servers = ["geventws", "websockets"]
-    results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    results: dict[tuple[str, str], list[Sample]] = {}
     for round_ in range(args.rounds):
         for scenario, params in SCENARIOS.items():
             for name in servers:
@@ -77,8 +76,8 @@ def main() -> int:
                     server.stop()
                 results.setdefault((scenario, name), []).append(result)
                 print(
-                    f"round {round_ + 1} {scenario:8} {name:10} {result[0]:10.0f} msg/s "
-                    f"{result[1]:10.0f} msg/CPU-s",
+                    f"round {round_ + 1} {scenario:8} {name:10} {result.rate:10.0f} msg/s "
+                    f"{result.per_cpu:10.0f} msg/CPU-s",
                     flush=True,
                 )
     memory: dict[str, list[float]] = {}
