@@ -4,6 +4,7 @@
 gevent *first*, then imports the application, configures logging and serves until
 SIGINT or SIGTERM. The first signal stops gracefully (every connection is closed with
 1001, handlers get ``--close-timeout`` seconds to finish), a second one exits at once.
+With ``--workers N``, a supervisor (:mod:`geventws.supervisor`) runs N such processes.
 """
 
 from __future__ import annotations
@@ -14,11 +15,16 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+
+if TYPE_CHECKING:
+    from .supervisor import Worker
 
 __all__ = ["main", "load_handler", "ImportFromStringError"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: With ``--workers N``: the same, with the process id of the supervisor or worker.
+WORKERS_LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 
 class ImportFromStringError(Exception):
@@ -82,6 +88,13 @@ def _size(text: str) -> Optional[int]:
 
 def _seconds(text: str) -> Optional[float]:
     return None if text.lower() in ("none", "off") else float(text)
+
+
+def _workers(text: str) -> int:
+    count = int(text)
+    if count < 1:
+        raise argparse.ArgumentTypeError("use 1 or more")
+    return count
 
 
 def _origin(text: str) -> Optional[str]:
@@ -179,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="processes serving the port, under a supervisor that replaces the ones "
+        "that die (default 1: this process serves, no supervisor)",
+    )
     serve.add_argument(
         "--origin",
         dest="origins",
@@ -297,7 +318,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve_workers(args: argparse.Namespace) -> int:
+    """``--workers N``: a supervisor, which never imports the application, forks N
+    workers that each run :func:`_serve` on the socket it gives them."""
+    from .supervisor import Supervisor
+
+    # The workers inherit this configuration: their basicConfig() does nothing.
+    logging.basicConfig(level=args.log_level.upper(), format=WORKERS_LOG_FORMAT)
+    supervisor = Supervisor(
+        lambda worker: _serve(args, worker),
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        close_timeout=args.close_timeout,
+        broker=getattr(args, "broker", None),
+    )
+    try:
+        supervisor.bind()
+    except OSError as exc:
+        print(f"geventws: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    return supervisor.run()
+
+
+def _serve(args: argparse.Namespace, worker: Optional[Worker] = None) -> int:
     # Patch before anything imports the application or touches threads and sockets.
     from gevent import monkey
 
@@ -336,11 +380,14 @@ def _serve(args: argparse.Namespace) -> int:
         **_compression_options(args),
     )
     try:
+        listener = (args.host, args.port) if worker is None else worker.listener()
         if wsgi_app is not None:
-            server, stop = _wsgi_server(args, handler, wsgi_app, options, ssl_context)
+            server, stop = _wsgi_server(
+                args, handler, wsgi_app, options, ssl_context, listener=listener
+            )
         else:
             server = WebSocketServer(
-                (args.host, args.port),
+                listener,
                 handler,
                 handshake_timeout=args.handshake_timeout,
                 max_connections=args.max_connections,
@@ -366,8 +413,11 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("%s received: closing connections (up to %ss)", name, args.close_timeout)
         stopping.append(gevent.spawn(stop, args.close_timeout))
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        gevent.signal_handler(signum, on_signal, signum)
+    if worker is None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            gevent.signal_handler(signum, on_signal, signum)
+    else:  # the supervisor sends SIGTERM, once
+        worker.started(lambda: stopping.append(gevent.spawn(stop, args.close_timeout)))
     server.serve_forever()
     for greenlet in stopping:
         greenlet.join()
@@ -381,6 +431,8 @@ def _wsgi_server(
     app: Callable[..., Any],
     options: dict[str, Any],
     ssl_context: Any,
+    *,
+    listener: Any,
 ) -> tuple[Any, Callable[[float], None]]:
     """``--wsgi``: a gevent.pywsgi server for ``app`` with the handler beside it, and
     its graceful stop (WebSocket connections closed with 1001 first)."""
@@ -407,7 +459,7 @@ def _wsgi_server(
             )
 
     server = LoggedWSGIServer(
-        (args.host, args.port),
+        listener,
         middleware,
         log=logging.getLogger("geventws.http"),
         error_log=logging.getLogger("geventws.http"),
@@ -499,7 +551,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``geventws`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        return _serve(args)
+        return _serve(args) if args.workers == 1 else _serve_workers(args)
     if args.command == "client":
         return _client(args)
     return 2  # pragma: no cover - argparse refuses unknown commands
