@@ -34,6 +34,7 @@ from .core.frames import CloseCode
 from .core.handshake import check_request
 from .core.http11 import RequestHead, parse_request
 from .core.protocol import Side
+from .core.proxy import DEFAULT_FORWARDED_ALLOW_IPS, TrustedProxies, check_proxy_headers, resolve
 from .core.request import Request
 from .exceptions import InvalidRequest
 
@@ -96,6 +97,12 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         faster with less compression.
     ``ssl_context``
         An :class:`ssl.SSLContext` to serve ``wss://``.
+    ``forwarded_allow_ips``, ``proxy_headers``
+        Reverse proxies whose headers tell the client's address and scheme
+        (``request.remote_address``, ``request.scheme``): IP addresses and networks, or
+        ``"*"`` (default ``"127.0.0.1"``); and which headers they set: ``"x-forwarded"``
+        (the default), ``"forwarded"`` (RFC 7239) or ``None``. See
+        :mod:`geventws.core.proxy`.
 
     ``start()``, ``serve_forever()``, ``stop(timeout)`` and the context-manager form
     come from gevent; :meth:`stop` first closes every connection with 1001.
@@ -123,7 +130,11 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         compression_level: int = -1,
         ssl_context: Any = None,
         backlog: Optional[int] = None,
+        forwarded_allow_ips: Union[str, Iterable[str]] = DEFAULT_FORWARDED_ALLOW_IPS,
+        proxy_headers: Optional[str] = "x-forwarded",
     ) -> None:
+        self.trusted_proxies = TrustedProxies(forwarded_allow_ips)
+        self.proxy_headers = check_proxy_headers(proxy_headers)
         kwargs: dict[str, Any] = {}
         if backlog is not None:
             kwargs["backlog"] = backlog
@@ -235,7 +246,14 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             timeout.close()
             raw_head, leftover = received
             head = parse_request(raw_head)
-            request = Request(head.method, head.target, head.headers, address)
+            client, scheme = resolve(
+                address,
+                head.headers,
+                self.trusted_proxies,
+                scheme="ws" if self.ssl_context is None else "wss",
+                proxy_headers=self.proxy_headers,
+            )
+            request = Request(head.method, head.target, head.headers, client, scheme=scheme)
             connection = self.policy.open(sock, head, request, leftover=leftover)
             return connection
         except gevent.Timeout as exc:
