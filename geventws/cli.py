@@ -268,6 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
         "connections wait to be accepted) (default no limit)",
     )
     _add_compression(serve)
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        metavar="IPS",
+        help="proxies (comma-separated addresses or networks, or '*') whose headers give the "
+        "client's address and scheme (default $FORWARDED_ALLOW_IPS or 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--proxy-headers",
+        default="x-forwarded",
+        metavar="x-forwarded|forwarded|none",
+        help="which headers those proxies set: X-Forwarded-For/-Proto, RFC 7239 Forwarded, "
+        "or none to ignore both (default x-forwarded)",
+    )
     serve.add_argument("--certfile", help="TLS certificate (PEM) to serve wss://")
     serve.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
     serve.add_argument(
@@ -392,6 +406,8 @@ def _serve(args: argparse.Namespace, worker: Optional[Worker] = None) -> int:
                 handshake_timeout=args.handshake_timeout,
                 max_connections=args.max_connections,
                 ssl_context=ssl_context,
+                forwarded_allow_ips=args.forwarded_allow_ips,
+                proxy_headers=args.proxy_headers,
                 **options,
             )
             stop = server.stop
@@ -440,9 +456,11 @@ def _wsgi_server(
     from gevent.pywsgi import WSGIServer
 
     from ._sockets import format_address as _format_address
+    from .core.proxy import ProxyHeadersMiddleware
     from .wsgi import WebSocketMiddleware
 
     middleware = WebSocketMiddleware(app, handler, **options)
+    proxied = ProxyHeadersMiddleware(middleware, args.forwarded_allow_ips, args.proxy_headers)
     kwargs: dict[str, Any] = {}
     if ssl_context is not None:
         kwargs["ssl_context"] = ssl_context
@@ -460,7 +478,7 @@ def _wsgi_server(
 
     server = LoggedWSGIServer(
         listener,
-        middleware,
+        proxied,
         log=logging.getLogger("geventws.http"),
         error_log=logging.getLogger("geventws.http"),
         **kwargs,

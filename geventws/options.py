@@ -146,6 +146,15 @@ def _compression(text: str) -> Optional[str]:
     return value
 
 
+def _proxy_headers(text: str) -> Optional[str]:
+    value = text.strip().lower()
+    if value in ("none", "off"):
+        return None
+    if value not in ("x-forwarded", "forwarded"):
+        raise ValueError(f"expected x-forwarded, forwarded or none: {text!r}")
+    return value
+
+
 def _bounded(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
@@ -183,6 +192,7 @@ class Cli:
     metavar: Optional[str] = None
     flag: Optional[str] = None  #: default: ``--`` and the name with dashes
     repeatable: bool = False  #: the flag may be given several times (a list)
+    env: Optional[str] = None  #: an environment variable that overrides the default
 
     def flag_for(self, name: str) -> str:
         return self.flag or "--" + name.replace("_", "-")
@@ -363,6 +373,29 @@ OPTIONS: tuple[Option, ...] = (
         "server",
     ),
     Option(
+        "forwarded_allow_ips",
+        "Union[str, Iterable[str]]",
+        "127.0.0.1",
+        "Reverse proxies whose headers give the client's address and scheme "
+        "(``request.remote_address``, ``request.scheme``): addresses and networks "
+        "(comma-separated on the command line), or ``'*'`` for any peer. Headers from "
+        "anyone else are ignored. On the command line the default is "
+        "``$FORWARDED_ALLOW_IPS`` when set, as with uvicorn and gunicorn.",
+        "server",
+        Cli(str, "IPS", env="FORWARDED_ALLOW_IPS"),
+    ),
+    Option(
+        "proxy_headers",
+        "Optional[str]",
+        "x-forwarded",
+        "Which headers those proxies set: ``'x-forwarded'`` (``X-Forwarded-For`` and "
+        "``X-Forwarded-Proto``), ``'forwarded'`` (RFC 7239) or ``None`` to ignore both. "
+        "Only one family is read, so a client can't choose its address by sending the "
+        "other.",
+        "server",
+        Cli(_proxy_headers, "x-forwarded|forwarded|none"),
+    ),
+    Option(
         "backlog",
         "Optional[int]",
         None,
@@ -507,6 +540,8 @@ class ServerOptions(UpgradeOptions, total=False):
     handshake_timeout: float
     max_connections: Optional[int]
     ssl_context: Optional[ssl.SSLContext]
+    forwarded_allow_ips: Union[str, Iterable[str]]
+    proxy_headers: Optional[str]
     backlog: Optional[int]
 
 

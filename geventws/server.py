@@ -23,6 +23,8 @@ from ._sockets import format_address, read_head, refuse, start_tls
 from .connection import Connection
 from .core.frames import CloseCode
 from .core.http11 import parse_request
+from .core.proxy import TrustedProxies, check_proxy_headers
+from .core.proxy import resolve as resolve_client
 from .core.request import Request
 from .core.server_handshake import rejection
 from .exceptions import InvalidRequest
@@ -57,6 +59,8 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         **options: Unpack[ServerOptions],
     ) -> None:
         values = resolve("server", options, "WebSocketServer")
+        self.trusted_proxies = TrustedProxies(values["forwarded_allow_ips"])
+        self.proxy_headers = check_proxy_headers(values["proxy_headers"])
         kwargs: dict[str, Any] = {}
         if values["backlog"] is not None:
             kwargs["backlog"] = values["backlog"]
@@ -157,7 +161,14 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
                 return None
             raw_head, leftover = received
             head = parse_request(raw_head)
-            request = Request(head.method, head.target, head.headers, address)
+            client, scheme = resolve_client(
+                address,
+                head.headers,
+                self.trusted_proxies,
+                scheme="ws" if self.ssl_context is None else "wss",
+                proxy_headers=self.proxy_headers,
+            )
+            request = Request(head.method, head.target, head.headers, client, scheme=scheme)
             connection = self.policy.open(sock, head, request, log=logger, leftover=leftover)
             return connection
         except TimeoutError:

@@ -8,6 +8,14 @@ gunicorn's gevent.pywsgi worker with :class:`geventws.wsgi.WebSocketHandler`, so
 * applications written for gevent-websocket (``environ["wsgi.websocket"]``) run
   unchanged, as with gevent-websocket's own worker.
 
+Behind a reverse proxy, gunicorn's own ``--forwarded-allow-ips`` setting (default
+``127.0.0.1,::1``, or ``$FORWARDED_ALLOW_IPS``) decides whose ``X-Forwarded-For`` and
+``X-Forwarded-Proto`` are believed: for requests from those proxies this worker sets
+``REMOTE_ADDR``, ``REMOTE_PORT`` and ``wsgi.url_scheme`` to the client's (see
+:mod:`geventws.core.proxy`), for every request, so WebSocket handlers
+(``request.remote_address``, ``request.scheme``), the WSGI application and gunicorn's
+access log all see the client. (gunicorn's other workers only set ``wsgi.url_scheme``.)
+
 On SIGTERM (a graceful stop or restart) every WebSocket connection is closed with 1001
 "going away" at once, so handlers finish well within gunicorn's ``graceful_timeout``
 instead of being killed with it.
@@ -19,24 +27,42 @@ module that imports gunicorn (``pip install geventws[gunicorn]``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gevent
 from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
 
+from .core.proxy import TrustedProxies, apply_to_environ
 from .wsgi import WebSocketHandler, shutdown
 
 __all__ = ["GeventWebSocketWorker"]
 
 
 class _Handler(WebSocketHandler, PyWSGIHandler):  # type: ignore[misc]
-    """geventws' WebSocket handling with gunicorn's access log and environ."""
+    """geventws' WebSocket handling with gunicorn's access log and environ, and the
+    client's address and scheme from trusted proxies."""
+
+    trusted_proxies: ClassVar[TrustedProxies] = TrustedProxies("127.0.0.1,::1")
+
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environ()
+        apply_to_environ(environ, self.trusted_proxies)
+        return environ
 
 
 class GeventWebSocketWorker(GeventPyWSGIWorker):  # type: ignore[misc]
     """gunicorn's ``gevent_pywsgi`` worker with WebSocket support (see the module)."""
 
     wsgi_handler = _Handler
+
+    def init_process(self) -> None:
+        trusted = TrustedProxies(self.cfg.forwarded_allow_ips)
+
+        class Handler(_Handler):
+            trusted_proxies = trusted
+
+        self.wsgi_handler = Handler
+        super().init_process()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)

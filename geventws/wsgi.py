@@ -114,7 +114,8 @@ def request_from_environ(environ: dict[str, Any]) -> tuple[RequestHead, Request]
         port = environ.get("REMOTE_PORT")
         address = (environ["REMOTE_ADDR"], int(port)) if port else (environ["REMOTE_ADDR"],)
     method = environ.get("REQUEST_METHOD", "GET")
-    request = Request(method, target, headers, address, environ)
+    scheme = "wss" if environ.get("wsgi.url_scheme") == "https" else "ws"
+    request = Request(method, target, headers, address, environ, scheme=scheme)
     return RequestHead(method, target, headers), request
 
 

@@ -51,8 +51,13 @@ class Request:
     ``query_string``, ``args`` (:class:`MultiDict`), ``headers``
     (:class:`~geventws.core.headers.Headers`), ``cookies`` (name → value), ``origin``,
     ``host``, ``subprotocols`` (offered, in the client's order), ``extensions`` (the
-    raw ``Sec-WebSocket-Extensions`` values), ``remote_address`` and, under WSGI,
-    ``environ``.
+    raw ``Sec-WebSocket-Extensions`` values), ``remote_address``, ``scheme`` and, under
+    WSGI, ``environ``.
+
+    ``remote_address`` is the client's address and ``scheme`` (``"ws"`` or ``"wss"``)
+    the scheme it used: behind a trusted reverse proxy, as its ``X-Forwarded-For`` /
+    ``X-Forwarded-Proto`` or ``Forwarded`` headers say (:mod:`geventws.core.proxy`),
+    otherwise the socket's peer and whether the server itself speaks TLS.
     """
 
     def __init__(
@@ -62,8 +67,11 @@ class Request:
         headers: Headers,
         remote_address: Optional[tuple[Any, ...]] = None,
         environ: Optional[dict[str, Any]] = None,
+        *,
+        scheme: str = "ws",
     ) -> None:
         self.method = method
+        self.scheme = scheme
         self.target = target
         self.headers = headers
         self.remote_address = remote_address
