@@ -1,0 +1,731 @@
+"""The Redis broker: topics shared by processes through Redis pub/sub (redis-py).
+
+Theory of operation
+-------------------
+A :class:`RedisBroker` holds a *session*: two connections to Redis, opened together and
+lost together.
+
+* The **subscriber** connection is subscribed to one channel per topic that has local
+  subscribers (``prefix + topic``) and to nothing else. Its reader greenlet reads
+  everything that arrives: messages (handed to the registry), the replies to
+  ``SUBSCRIBE`` (which confirm subscriptions) and the replies to the ``PING`` it sends
+  after ``health_interval`` seconds of silence (no reply to that within another
+  interval ends the session: a half-open TCP connection is found). Other greenlets
+  write ``SUBSCRIBE``/``UNSUBSCRIBE`` on it under a lock; only the reader reads.
+* The **publisher** connection is fed by a bounded FIFO queue: :meth:`publish` only
+  appends (never blocks, never does I/O), and a writer greenlet sends what has
+  accumulated as one pipeline of ``PUBLISH`` commands, then reads the replies. One
+  queue and one connection keep every message of this process in publish order.
+
+Confirmations: Redis answers the commands of one connection in order, so the broker
+counts the ``SUBSCRIBE`` commands in flight per topic; a topic is confirmed when its
+count drops to zero while it is still wanted (a quick subscribe, unsubscribe, subscribe
+is confirmed by the *last* reply, not the first).
+
+Losing Redis: any error on either connection ends the session. Both connections are
+closed, queued messages are dropped (counted), confirmations are withdrawn, and one
+WARNING is logged for the outage. The supervisor greenlet reconnects with exponential
+backoff and jitter; a new session subscribes again to every topic wanted *at that
+moment* (not a stale list), and once Redis confirmed them all the broker is healthy
+again and one INFO line is logged. No exception leaves a background greenlet.
+
+Sockets: the broker gives redis-py connection classes whose sockets come from
+:mod:`gevent.socket` (and TLS from :mod:`gevent.ssl`), so it never blocks the hub,
+whether or not the process is monkey-patched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from collections import deque
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.ssl
+import redis.backoff
+import redis.connection
+import redis.exceptions
+from gevent import socket as gsocket
+
+from .broker import Broker, BrokerUnavailable, RemoteHandler
+
+__all__ = ["RedisBroker"]
+
+logger = logging.getLogger("geventws.pubsub")
+
+#: Wire format of a message's payload: one byte (high nibble: format version 1, bit 0:
+#: binary), the publishing broker's 8-byte random id, then the message itself.
+_VERSION = 0x10
+_VERSION_MASK = 0xF0
+_BINARY = 0x01
+_ORIGIN_SIZE = 8
+_HEADER_SIZE = 1 + _ORIGIN_SIZE
+
+#: What the writer sends as one pipeline at most.
+_BATCH_MESSAGES = 512
+_BATCH_BYTES = 1 << 20
+#: Channels per SUBSCRIBE command when restoring subscriptions.
+_RESTORE_CHUNK = 1000
+
+#: URL options that belong to redis-py's pool or retry logic, not to a connection: the
+#: broker does its own reconnecting and health checks.
+_IGNORED_OPTIONS = (
+    "max_connections",
+    "timeout",
+    "retry",
+    "retry_on_timeout",
+    "retry_on_error",
+    "health_check_interval",
+)
+
+
+# -- redis-py connections on gevent sockets ---------------------------------------------
+
+
+def _tcp_socket(conn: Any) -> Any:
+    """A connected gevent TCP socket with the options redis-py would set."""
+    sock = gsocket.create_connection((conn.host, conn.port), timeout=conn.socket_connect_timeout)
+    ok = False
+    try:
+        sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
+        if conn.socket_keepalive:
+            sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_KEEPALIVE, 1)
+            for option, value in conn.socket_keepalive_options.items():
+                sock.setsockopt(gsocket.IPPROTO_TCP, option, value)
+        sock.settimeout(conn.socket_timeout)
+        ok = True
+        return sock
+    finally:
+        if not ok:
+            sock.close()
+
+
+def _tls_context(conn: Any) -> ssl.SSLContext:
+    """A :mod:`gevent.ssl` context with redis-py's ``ssl_*`` settings of ``conn``."""
+    if getattr(conn, "ssl_validate_ocsp", False) or getattr(
+        conn, "ssl_validate_ocsp_stapled", False
+    ):
+        raise redis.exceptions.RedisError("OCSP validation is not supported by RedisBroker")
+    context: ssl.SSLContext = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_default_certs()
+    context.check_hostname = bool(conn.check_hostname)
+    context.verify_mode = conn.cert_reqs
+    for flag in getattr(conn, "ssl_include_verify_flags", None) or ():
+        context.verify_flags |= flag
+    for flag in getattr(conn, "ssl_exclude_verify_flags", None) or ():
+        context.verify_flags &= ~flag
+    if conn.certfile or conn.keyfile:
+        context.load_cert_chain(
+            certfile=conn.certfile,
+            keyfile=conn.keyfile,
+            password=getattr(conn, "certificate_password", None),
+        )
+    ca_data = getattr(conn, "ca_data", None)
+    ca_path = getattr(conn, "ca_path", None)
+    if conn.ca_certs or ca_path or ca_data:
+        context.load_verify_locations(cafile=conn.ca_certs, capath=ca_path, cadata=ca_data)
+    min_version = getattr(conn, "ssl_min_version", None)
+    if min_version is not None:
+        context.minimum_version = min_version
+    ciphers = getattr(conn, "ssl_ciphers", None)
+    if ciphers:
+        context.set_ciphers(ciphers)
+    return context
+
+
+class _GeventConnection(redis.connection.Connection):
+    """redis-py's TCP connection on a gevent socket."""
+
+    def _connect(self) -> Any:
+        return _tcp_socket(self)
+
+
+class _GeventSSLConnection(redis.connection.SSLConnection):
+    """redis-py's TLS connection (``rediss://``) on gevent's TLS."""
+
+    def _connect(self) -> Any:
+        sock = _tcp_socket(self)
+        wrapped: Any = None
+        ok = False
+        try:
+            # The handshake apart, so that the TLS socket (which owns the descriptor
+            # once it exists) is closed whatever interrupts it, a kill() included.
+            wrapped = _tls_context(self).wrap_socket(
+                sock, server_hostname=self.host, do_handshake_on_connect=False
+            )
+            wrapped.do_handshake()
+            ok = True
+            return wrapped
+        finally:
+            if not ok:
+                if wrapped is not None:
+                    wrapped.close()
+                sock.close()
+
+
+class _GeventUnixConnection(redis.connection.UnixDomainSocketConnection):
+    """redis-py's Unix-socket connection (``unix://``) on a gevent socket."""
+
+    def _connect(self) -> Any:
+        sock = gsocket.socket(gsocket.AF_UNIX, gsocket.SOCK_STREAM)
+        ok = False
+        try:
+            sock.settimeout(self.socket_connect_timeout)
+            sock.connect(self.path)
+            sock.settimeout(self.socket_timeout)
+            ok = True
+            return sock
+        finally:
+            if not ok:
+                sock.close()
+
+
+_CONNECTION_CLASSES: dict[str, type[Any]] = {
+    "redis": _GeventConnection,
+    "rediss": _GeventSSLConnection,
+    "unix": _GeventUnixConnection,
+}
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _redact(url: str) -> str:
+    """``url`` without credentials or query, for logs."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+# -- the broker -------------------------------------------------------------------------
+
+
+class _Session:
+    """Two connections, from connect to loss; never reused."""
+
+    __slots__ = (
+        "broken",
+        "ended",
+        "healthy_reached",
+        "publisher",
+        "reader",
+        "ready",
+        "reason",
+        "restoring",
+        "subscriber",
+        "writer",
+    )
+
+    def __init__(self, subscriber: Any, publisher: Any) -> None:
+        self.subscriber = subscriber
+        self.publisher = publisher
+        self.ready = False  # the restoring SUBSCRIBE was sent: others may write
+        self.broken = False
+        self.reason = ""
+        self.ended = gevent.event.Event()
+        self.restoring: set[str] = set()
+        self.healthy_reached = False
+        self.reader: Any = None
+        self.writer: Any = None
+
+
+class RedisBroker(Broker):
+    """Topics shared by processes through Redis pub/sub (needs the ``redis`` extra).
+
+    ``url`` is redis-py's: ``redis://[[user]:password@]host[:port][/db]``,
+    ``rediss://`` for TLS (``?ssl_ca_certs=...`` and the other ``ssl_*`` options of
+    redis-py, OCSP excepted), ``unix:///path/redis.sock``. Keyword ``options`` go to
+    redis-py's connection like the URL's query (``ssl_ca_data=...``,
+    ``socket_keepalive=False``...). Redis pub/sub ignores the database number: processes
+    share channels across databases, so applications sharing one Redis need distinct
+    ``prefix`` es.
+
+    ``prefix``
+        Prepended to each topic to make its channel name (default ``"geventws:"``).
+    ``timeout``
+        Seconds to connect, and to wait for Redis on an open connection (default 5;
+        the URL's ``socket_timeout`` and ``socket_connect_timeout`` take precedence).
+    ``health_interval``
+        Seconds of silence on the subscriber connection before it is pinged; no answer
+        within as long again ends the session (default 5).
+    ``max_pending``, ``max_pending_bytes``
+        Bound of the queue of messages waiting to be published (default 10,000 messages
+        and 16 MiB); beyond it :meth:`publish` drops and counts.
+    ``backoff_base``, ``backoff_max``
+        Reconnection delays: exponential from ``backoff_base`` (0.1 s) up to
+        ``backoff_max`` (10 s), with equal jitter (half fixed, half random).
+
+    Raises :class:`ValueError` for a URL or option that redis-py does not accept.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "geventws:",
+        timeout: float = 5.0,
+        health_interval: float = 5.0,
+        max_pending: int = 10_000,
+        max_pending_bytes: int = 16 * 2**20,
+        backoff_base: float = 0.1,
+        backoff_max: float = 10.0,
+        **options: Any,
+    ) -> None:
+        scheme = urlsplit(url).scheme.lower()
+        if scheme not in _CONNECTION_CLASSES:
+            raise ValueError(f"not a Redis URL: {_redact(url)!r}")
+        parse_url: Any = redis.connection.parse_url  # untyped in redis-py
+        kwargs: dict[str, Any] = parse_url(url)
+        kwargs.pop("connection_class", None)
+        for name in _IGNORED_OPTIONS:
+            kwargs.pop(name, None)
+        kwargs.update(options)
+        kwargs.setdefault("socket_timeout", timeout)
+        kwargs.setdefault("socket_connect_timeout", timeout)
+        # RESP2 arrays for pub/sub messages; bytes; no health check inside redis-py
+        # (it would read on the subscriber connection, which only the reader reads).
+        kwargs.update(health_check_interval=0, decode_responses=False, protocol=2)
+        self._connection_class = _CONNECTION_CLASSES[scheme]
+        self._kwargs = kwargs
+        try:
+            self._connection_class(**kwargs)  # checks the options; connects nothing
+        except (TypeError, redis.exceptions.RedisError) as exc:
+            raise ValueError(f"bad Redis URL or option: {exc}") from exc
+        #: The URL without credentials, as logged.
+        self.url = _redact(url)
+        self._prefix = prefix.encode("utf-8")
+        self._timeout = timeout
+        self._health_interval = health_interval
+        self._max_pending = max_pending
+        self._max_pending_bytes = max_pending_bytes
+        self._backoff = redis.backoff.EqualJitterBackoff(cap=backoff_max, base=backoff_base)
+
+        self._on_message: Optional[RemoteHandler] = None
+        self._origin = b""
+        self._headers = (b"", b"")
+        # topic -> set once Redis confirmed it on the current session
+        self._wanted: dict[str, Any] = {}
+        # topic -> SUBSCRIBE commands sent on the current session and not answered yet
+        self._inflight: dict[str, int] = {}
+        # topics whose last command on the current session was SUBSCRIBE
+        self._subscribed: set[str] = set()
+        self._queue: deque[tuple[bytes, bytes]] = deque()
+        self._pending_bytes = 0
+        self._sending = 0  # messages of the pipeline being written
+        self._wakeup = gevent.event.Event()
+        self._stopping = gevent.event.Event()
+        self._send_lock = gevent.lock.Semaphore()
+        self._session: Optional[_Session] = None
+        self._supervisor: Any = None
+        self._up = False
+        self._lost = False
+        self._closed = False
+        self._last_error: Optional[str] = None
+        self._counters = dict.fromkeys(
+            (
+                "published",
+                "dropped",
+                "overflows",
+                "received",
+                "echoes",
+                "malformed",
+                "delivery_errors",
+                "outages",
+                "recoveries",
+            ),
+            0,
+        )
+
+    # -- Broker -----------------------------------------------------------------------
+
+    def start(self, on_message: RemoteHandler) -> None:
+        """Start connecting (in the background) and deliver other processes' messages
+        to ``on_message``. Call once, in the process that uses the broker: the origin
+        id that tells its own messages apart is drawn here."""
+        if self._closed:
+            raise BrokerUnavailable("the broker is closed")
+        if self._supervisor is not None:
+            raise RuntimeError("the broker is already started")
+        self._on_message = on_message
+        self._origin = os.urandom(_ORIGIN_SIZE)
+        self._headers = (
+            bytes([_VERSION]) + self._origin,
+            bytes([_VERSION | _BINARY]) + self._origin,
+        )
+        self._supervisor = gevent.spawn(self._supervise)
+        self._supervisor.name = f"geventws-redis-broker {self.url}"
+
+    def subscribe(self, topic: str, timeout: float) -> None:
+        """Return once Redis confirmed the topic's channel (at once if it already did).
+
+        Raises :class:`BrokerUnavailable` after ``timeout`` seconds, at once while Redis
+        is known to be down, or when the broker is closed (meanwhile). The topic stays
+        wanted and is subscribed when Redis is back (until :meth:`unsubscribe`).
+        """
+        if self._closed:
+            raise BrokerUnavailable("the broker is closed")
+        event = self._wanted.get(topic)
+        if event is None:
+            event = self._wanted[topic] = gevent.event.Event()
+            self._send_subscribe(topic)
+        if event.is_set():
+            return
+        if self._lost:
+            raise BrokerUnavailable(
+                f"Redis ({self.url}) is unreachable ({self._last_error}); the topic "
+                f"{topic!r} will be subscribed when it is back"
+            )
+        if not event.wait(timeout) or self._closed:
+            if self._closed:
+                raise BrokerUnavailable("the broker is closed")
+            raise BrokerUnavailable(
+                f"Redis ({self.url}) did not confirm the topic {topic!r} within "
+                f"{timeout} s; it will be subscribed when it can"
+            )
+
+    def unsubscribe(self, topic: str) -> None:
+        """Forget ``topic`` (waiters on its confirmation return) and unsubscribe its
+        channel if connected. Never blocks beyond the send lock."""
+        event = self._wanted.pop(topic, None)
+        if event is None:
+            return
+        event.set()
+        self._send_unsubscribe(topic)
+
+    def publish(self, topic: str, data: bytes, binary: bool) -> None:
+        """Queue ``data`` for the publisher connection; never blocks. Dropped (and
+        counted) while Redis is down, when the queue is full, or once closed."""
+        counters = self._counters
+        if self._lost or self._closed or self._supervisor is None:
+            counters["dropped"] += 1
+            return
+        size = len(data) + _HEADER_SIZE
+        if (
+            len(self._queue) >= self._max_pending
+            or self._pending_bytes + size > self._max_pending_bytes
+        ):
+            counters["dropped"] += 1
+            counters["overflows"] += 1
+            return
+        self._queue.append((self._prefix + topic.encode("utf-8"), self._headers[binary] + data))
+        self._pending_bytes += size
+        self._wakeup.set()
+
+    @property
+    def healthy(self) -> bool:
+        """Connected, with every wanted topic confirmed by Redis: messages cross
+        processes. False before the first connection, during an outage, once closed."""
+        return self._up and not self._closed
+
+    def stats(self) -> dict[str, Any]:
+        """A new dict: ``healthy``; ``published`` (acknowledged by Redis),
+        ``dropped`` (never sent or lost with a connection: outage, full queue,
+        closed), ``overflows`` (the part of ``dropped`` due to a full queue),
+        ``pending`` and ``pending_bytes`` (queued now); ``received`` (messages from
+        other processes), ``echoes`` (this process's own, skipped), ``malformed``
+        (not in the wire format), ``delivery_errors`` (the registry raised, such as
+        invalid UTF-8 text); ``outages`` (losses of Redis), ``recoveries`` (returns);
+        ``topics`` (channels wanted), ``last_error`` (str or None)."""
+        stats: dict[str, Any] = {"healthy": self.healthy}
+        stats.update(self._counters)
+        stats["pending"] = len(self._queue)
+        stats["pending_bytes"] = self._pending_bytes
+        stats["topics"] = len(self._wanted)
+        stats["last_error"] = self._last_error
+        return stats
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the greenlets and close both connections, within ``timeout`` seconds.
+        Waiting subscribers get :class:`BrokerUnavailable`; queued messages are
+        dropped. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._up = False
+        self._stopping.set()
+        for event in self._wanted.values():
+            event.set()  # waiters see the broker closed
+        self._wanted.clear()
+        if self._supervisor is not None:
+            self._supervisor.kill(block=True, timeout=timeout)
+        self._drop_queue()
+
+    # -- sending on the subscriber connection ------------------------------------------
+
+    def _channel(self, topic: str) -> bytes:
+        return self._prefix + topic.encode("utf-8")
+
+    def _send_subscribe(self, topic: str) -> None:
+        """SUBSCRIBE ``topic``'s channel on the current session, unless it is already
+        subscribed (or being subscribed) there. Without a ready session, nothing: the
+        next session subscribes every wanted topic."""
+        session = self._session
+        if session is None:
+            return
+        with self._send_lock:
+            if not self._writable(session) or topic not in self._wanted:
+                return
+            if topic in self._subscribed:
+                if topic not in self._inflight:  # confirmed earlier in this session
+                    self._wanted[topic].set()
+                return
+            self._subscribed.add(topic)
+            self._inflight[topic] = self._inflight.get(topic, 0) + 1
+            self._write(session, ("SUBSCRIBE", self._channel(topic)))
+
+    def _send_unsubscribe(self, topic: str) -> None:
+        """UNSUBSCRIBE ``topic``'s channel on the current session, unless it is wanted
+        again or not subscribed there."""
+        session = self._session
+        if session is None:
+            return
+        with self._send_lock:
+            if not self._writable(session) or topic in self._wanted:
+                return
+            if topic in self._subscribed:
+                self._subscribed.discard(topic)
+                self._write(session, ("UNSUBSCRIBE", self._channel(topic)))
+
+    def _send_ping(self, session: _Session) -> None:
+        with self._send_lock:
+            if self._writable(session):
+                self._write(session, ("PING",))
+
+    def _writable(self, session: _Session) -> bool:
+        """Whether others may write on ``session``'s subscriber connection: it restored
+        its subscriptions (before, the restore covers every wanted topic) and is not
+        over."""
+        return session.ready and not session.broken and self._session is session
+
+    def _write(self, session: _Session, command: tuple[Any, ...]) -> None:
+        """Write ``command`` on the subscriber connection, the send lock held. A failure
+        breaks the session (redis-py closed the socket: the reader sees it); never
+        raises."""
+        try:
+            session.subscriber.send_command(*command, check_health=False)
+        except Exception as exc:
+            self._break(session, exc)
+
+    # -- the session ----------------------------------------------------------------------
+
+    def _new_connection(self, role: str) -> Any:
+        kwargs = dict(self._kwargs)
+        kwargs.setdefault("client_name", f"geventws-{role}")
+        return self._connection_class(**kwargs)
+
+    def _supervise(self) -> None:
+        """Sessions one after the other, with backoff between failures, until closed."""
+        failures = 0
+        while not self._closed:
+            session = _Session(
+                self._new_connection("subscriber"), self._new_connection("publisher")
+            )
+            try:
+                self._run(session)
+            except Exception as exc:  # whatever fails ends the session, never the broker
+                self._break(session, exc)
+            finally:
+                self._end(session)
+            if self._closed:
+                break
+            failures = 0 if session.healthy_reached else failures + 1
+            delay = self._backoff.compute(failures)
+            logger.debug("Redis broker %s: reconnecting in %.2f s", self.url, delay)
+            self._stopping.wait(delay)
+
+    def _run(self, session: _Session) -> None:
+        """Connect, restore the subscriptions, start the reader and the writer, and
+        return when the session ends."""
+        session.subscriber.connect()
+        session.publisher.connect()
+        self._session = session
+        with self._send_lock:
+            topics = list(self._wanted)
+            for start in range(0, len(topics), _RESTORE_CHUNK):
+                chunk = topics[start : start + _RESTORE_CHUNK]
+                for topic in chunk:
+                    self._inflight[topic] = self._inflight.get(topic, 0) + 1
+                session.subscriber.send_command(
+                    "SUBSCRIBE", *(self._channel(t) for t in chunk), check_health=False
+                )
+            session.restoring.update(topics)
+            self._subscribed.update(topics)
+            session.ready = True
+        session.reader = gevent.spawn(self._read_loop, session)
+        session.writer = gevent.spawn(self._write_loop, session)
+        if not topics:
+            self._mark_up(session)
+        # Ends: the reader finds any loss within 2 x health_interval; close() kills us.
+        session.ended.wait()
+
+    def _break(self, session: _Session, exc: Optional[BaseException]) -> None:
+        """Mark ``session`` as over (with the first reason given). Never switches."""
+        if not session.broken:
+            session.broken = True
+            session.reason = _describe(exc) if exc is not None else "connection ended"
+        session.ended.set()
+
+    def _end(self, session: _Session) -> None:
+        """Tear ``session`` down: withdraw confirmations, log the loss, stop its
+        greenlets, close its connections, drop the queue. Never raises."""
+        self._break(session, None)
+        if self._session is session:
+            self._session = None
+        self._up = False
+        self._inflight.clear()
+        self._subscribed.clear()
+        if not self._closed:
+            for event in self._wanted.values():
+                event.clear()
+            self._lose(session.reason)
+        greenlets = [g for g in (session.reader, session.writer) if g is not None]
+        gevent.killall(greenlets, block=True, timeout=self._timeout)
+        for conn in (session.subscriber, session.publisher):
+            try:
+                conn.disconnect()
+            except Exception:  # closing never raises out of a shutdown path
+                logger.debug("Redis broker %s: error closing a connection", self.url, exc_info=True)
+        self._drop_queue()
+
+    def _lose(self, reason: str) -> None:
+        self._up = False
+        self._last_error = reason
+        if self._lost:
+            logger.debug("Redis broker %s: still unreachable: %s", self.url, reason)
+            return
+        self._lost = True
+        self._counters["outages"] += 1
+        logger.warning(
+            "Redis broker %s lost (%s): messages don't cross processes until it is back; "
+            "reconnecting with backoff",
+            self.url,
+            reason,
+        )
+
+    def _mark_up(self, session: _Session) -> None:
+        self._up = True
+        session.healthy_reached = True
+        if self._lost:
+            self._lost = False
+            self._counters["recoveries"] += 1
+            logger.info(
+                "Redis broker %s is back: %d topic(s) subscribed again", self.url, len(self._wanted)
+            )
+        else:
+            logger.debug("Redis broker %s connected", self.url)
+
+    def _drop_queue(self) -> None:
+        self._counters["dropped"] += len(self._queue)
+        self._queue.clear()
+        self._pending_bytes = 0
+
+    # -- the reader (subscriber connection) ------------------------------------------------
+
+    def _read_loop(self, session: _Session) -> None:
+        conn = session.subscriber
+        awaiting_pong = False
+        try:
+            while not session.broken:
+                if not conn.can_read(timeout=self._health_interval):
+                    if awaiting_pong:
+                        raise TimeoutError(f"no answer to PING within {self._health_interval} s")
+                    awaiting_pong = True
+                    self._send_ping(session)
+                    continue
+                reply = conn.read_response()
+                awaiting_pong = False
+                if type(reply) is list and len(reply) == 3:
+                    kind = reply[0]
+                    if kind == b"message":
+                        self._on_pubsub_message(reply[1], reply[2])
+                    elif kind == b"subscribe":
+                        self._on_subscribed(session, reply[1])
+                # Anything else (unsubscribe replies, pongs) only proves liveness.
+        except Exception as exc:
+            self._break(session, exc)
+        finally:
+            self._break(session, None)
+
+    def _on_subscribed(self, session: _Session, channel: bytes) -> None:
+        topic = channel[len(self._prefix) :].decode("utf-8", "surrogateescape")
+        left = self._inflight.get(topic, 0) - 1
+        if left > 0:
+            self._inflight[topic] = left
+            return
+        self._inflight.pop(topic, None)
+        event = self._wanted.get(topic)
+        if event is not None:
+            event.set()
+        if session.restoring:
+            session.restoring.discard(topic)
+            if not session.restoring and not session.healthy_reached:
+                self._mark_up(session)
+
+    def _on_pubsub_message(self, channel: bytes, payload: bytes) -> None:
+        counters = self._counters
+        if (
+            len(payload) < _HEADER_SIZE
+            or payload[0] & _VERSION_MASK != _VERSION
+            or not channel.startswith(self._prefix)
+        ):
+            counters["malformed"] += 1
+            return
+        if payload[1:_HEADER_SIZE] == self._origin:
+            counters["echoes"] += 1  # delivered locally when published
+            return
+        try:
+            topic = channel[len(self._prefix) :].decode("utf-8")
+        except UnicodeDecodeError:
+            counters["malformed"] += 1
+            return
+        counters["received"] += 1
+        assert self._on_message is not None
+        try:
+            self._on_message(topic, payload[_HEADER_SIZE:], bool(payload[0] & _BINARY))
+        except Exception:  # a bad message must not end the session
+            counters["delivery_errors"] += 1
+            logger.debug("Redis broker %s: delivery failed", self.url, exc_info=True)
+
+    # -- the writer (publisher connection) --------------------------------------------------
+
+    def _write_loop(self, session: _Session) -> None:
+        conn = session.publisher
+        queue = self._queue
+        counters = self._counters
+        try:
+            while not session.broken:
+                if not queue:
+                    self._wakeup.clear()
+                    self._wakeup.wait(self._health_interval)
+                    continue
+                batch: list[tuple[str, bytes, bytes]] = []
+                size = 0
+                while queue and len(batch) < _BATCH_MESSAGES and size < _BATCH_BYTES:
+                    channel, payload = queue.popleft()
+                    batch.append(("PUBLISH", channel, payload))
+                    size += len(payload)
+                self._pending_bytes -= size
+                self._sending = len(batch)
+                conn.send_packed_command(conn.pack_commands(batch), check_health=False)
+                for _ in batch:
+                    conn.read_response()
+                    self._sending -= 1
+                    counters["published"] += 1
+        except Exception as exc:
+            self._break(session, exc)
+        finally:
+            counters["dropped"] += self._sending  # maybe published: at most once
+            self._sending = 0
+            self._break(session, None)
