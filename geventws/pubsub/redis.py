@@ -331,6 +331,7 @@ class RedisBroker(Broker):
         self._supervisor: Any = None
         self._up = False
         self._lost = False
+        self._connected_once = False
         self._closed = False
         self._last_error: Optional[str] = None
         self._counters = dict.fromkeys(
@@ -373,9 +374,12 @@ class RedisBroker(Broker):
         Raises :class:`BrokerUnavailable` after ``timeout`` seconds, at once while Redis
         is known to be down, or when the broker is closed (meanwhile). The topic stays
         wanted and is subscribed when Redis is back (until :meth:`unsubscribe`).
+        Raises :class:`RuntimeError` before :meth:`start`.
         """
         if self._closed:
             raise BrokerUnavailable("the broker is closed")
+        if self._supervisor is None:
+            raise RuntimeError("start() the broker first")
         event = self._wanted.get(topic)
         if event is None:
             event = self._wanted[topic] = gevent.event.Event()
@@ -608,14 +612,16 @@ class RedisBroker(Broker):
         self._lost = True
         self._counters["outages"] += 1
         logger.warning(
-            "Redis broker %s lost (%s): messages don't cross processes until it is back; "
+            "Redis broker %s %s (%s): messages don't cross processes until it is back; "
             "reconnecting with backoff",
             self.url,
+            "lost" if self._connected_once else "unreachable",
             reason,
         )
 
     def _mark_up(self, session: _Session) -> None:
         self._up = True
+        self._connected_once = True
         session.healthy_reached = True
         if self._lost:
             self._lost = False
