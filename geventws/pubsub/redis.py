@@ -29,16 +29,16 @@ backoff and jitter; a new session subscribes again to every topic wanted *at tha
 moment* (not a stale list), and once Redis confirmed them all the broker is healthy
 again and one INFO line is logged. No exception leaves a background greenlet.
 
-Sockets: the broker gives redis-py connection classes whose sockets come from
-:mod:`gevent.socket` (and TLS from :mod:`gevent.ssl`), so it never blocks the hub,
-whether or not the process is monkey-patched.
+Sockets: the broker uses redis-py connection classes whose sockets come from
+:mod:`gevent.socket` (and TLS from :mod:`gevent.ssl`), in
+:mod:`geventws.pubsub.redis_connections`: it never blocks the hub, whether or not the
+process is monkey-patched.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import ssl
 from collections import deque
 from typing import Any, Optional
 from urllib.parse import urlsplit
@@ -46,13 +46,12 @@ from urllib.parse import urlsplit
 import gevent
 import gevent.event
 import gevent.lock
-import gevent.ssl
 import redis.backoff
 import redis.connection
 import redis.exceptions
-from gevent import socket as gsocket
 
 from .broker import Broker, BrokerUnavailable, RemoteHandler
+from .redis_connections import CONNECTION_CLASSES
 
 __all__ = ["RedisBroker"]
 
@@ -82,114 +81,6 @@ _IGNORED_OPTIONS = (
     "retry_on_error",
     "health_check_interval",
 )
-
-
-# -- redis-py connections on gevent sockets ---------------------------------------------
-
-
-def _tcp_socket(conn: Any) -> Any:
-    """A connected gevent TCP socket with the options redis-py would set."""
-    sock = gsocket.create_connection((conn.host, conn.port), timeout=conn.socket_connect_timeout)
-    ok = False
-    try:
-        sock.setsockopt(gsocket.IPPROTO_TCP, gsocket.TCP_NODELAY, 1)
-        if conn.socket_keepalive:
-            sock.setsockopt(gsocket.SOL_SOCKET, gsocket.SO_KEEPALIVE, 1)
-            for option, value in conn.socket_keepalive_options.items():
-                sock.setsockopt(gsocket.IPPROTO_TCP, option, value)
-        sock.settimeout(conn.socket_timeout)
-        ok = True
-        return sock
-    finally:
-        if not ok:
-            sock.close()
-
-
-def _tls_context(conn: Any) -> ssl.SSLContext:
-    """A :mod:`gevent.ssl` context with redis-py's ``ssl_*`` settings of ``conn``."""
-    if getattr(conn, "ssl_validate_ocsp", False) or getattr(
-        conn, "ssl_validate_ocsp_stapled", False
-    ):
-        raise redis.exceptions.RedisError("OCSP validation is not supported by RedisBroker")
-    context: ssl.SSLContext = gevent.ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_default_certs()
-    context.check_hostname = bool(conn.check_hostname)
-    context.verify_mode = conn.cert_reqs
-    for flag in getattr(conn, "ssl_include_verify_flags", None) or ():
-        context.verify_flags |= flag
-    for flag in getattr(conn, "ssl_exclude_verify_flags", None) or ():
-        context.verify_flags &= ~flag
-    if conn.certfile or conn.keyfile:
-        context.load_cert_chain(
-            certfile=conn.certfile,
-            keyfile=conn.keyfile,
-            password=getattr(conn, "certificate_password", None),
-        )
-    ca_data = getattr(conn, "ca_data", None)
-    ca_path = getattr(conn, "ca_path", None)
-    if conn.ca_certs or ca_path or ca_data:
-        context.load_verify_locations(cafile=conn.ca_certs, capath=ca_path, cadata=ca_data)
-    min_version = getattr(conn, "ssl_min_version", None)
-    if min_version is not None:
-        context.minimum_version = min_version
-    ciphers = getattr(conn, "ssl_ciphers", None)
-    if ciphers:
-        context.set_ciphers(ciphers)
-    return context
-
-
-class _GeventConnection(redis.connection.Connection):
-    """redis-py's TCP connection on a gevent socket."""
-
-    def _connect(self) -> Any:
-        return _tcp_socket(self)
-
-
-class _GeventSSLConnection(redis.connection.SSLConnection):
-    """redis-py's TLS connection (``rediss://``) on gevent's TLS."""
-
-    def _connect(self) -> Any:
-        sock = _tcp_socket(self)
-        wrapped: Any = None
-        ok = False
-        try:
-            # The handshake apart, so that the TLS socket (which owns the descriptor
-            # once it exists) is closed whatever interrupts it, a kill() included.
-            wrapped = _tls_context(self).wrap_socket(
-                sock, server_hostname=self.host, do_handshake_on_connect=False
-            )
-            wrapped.do_handshake()
-            ok = True
-            return wrapped
-        finally:
-            if not ok:
-                if wrapped is not None:
-                    wrapped.close()
-                sock.close()
-
-
-class _GeventUnixConnection(redis.connection.UnixDomainSocketConnection):
-    """redis-py's Unix-socket connection (``unix://``) on a gevent socket."""
-
-    def _connect(self) -> Any:
-        sock = gsocket.socket(gsocket.AF_UNIX, gsocket.SOCK_STREAM)
-        ok = False
-        try:
-            sock.settimeout(self.socket_connect_timeout)
-            sock.connect(self.path)
-            sock.settimeout(self.socket_timeout)
-            ok = True
-            return sock
-        finally:
-            if not ok:
-                sock.close()
-
-
-_CONNECTION_CLASSES: dict[str, type[Any]] = {
-    "redis": _GeventConnection,
-    "rediss": _GeventSSLConnection,
-    "unix": _GeventUnixConnection,
-}
 
 
 def _describe(exc: BaseException) -> str:
@@ -284,7 +175,7 @@ class RedisBroker(Broker):
         **options: Any,
     ) -> None:
         scheme = urlsplit(url).scheme.lower()
-        if scheme not in _CONNECTION_CLASSES:
+        if scheme not in CONNECTION_CLASSES:
             raise ValueError(f"not a Redis URL: {_redact(url)!r}")
         parse_url: Any = redis.connection.parse_url  # untyped in redis-py
         kwargs: dict[str, Any] = parse_url(url)
@@ -297,7 +188,7 @@ class RedisBroker(Broker):
         # RESP2 arrays for pub/sub messages; bytes; no health check inside redis-py
         # (it would read on the subscriber connection, which only the reader reads).
         kwargs.update(health_check_interval=0, decode_responses=False, protocol=2)
-        self._connection_class = _CONNECTION_CLASSES[scheme]
+        self._connection_class = CONNECTION_CLASSES[scheme]
         self._kwargs = kwargs
         try:
             self._connection_class(**kwargs)  # checks the options; connects nothing
