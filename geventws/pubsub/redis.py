@@ -3,15 +3,17 @@
 Theory of operation
 -------------------
 A :class:`RedisBroker` holds a *session*: two connections to Redis, opened together and
-lost together.
+lost together, and three greenlets (plus a supervisor that runs the sessions).
 
 * The **subscriber** connection is subscribed to one channel per topic that has local
   subscribers (``prefix + topic``) and to nothing else. Its reader greenlet reads
   everything that arrives: messages (handed to the registry), the replies to
-  ``SUBSCRIBE`` (which confirm subscriptions) and the replies to the ``PING`` it sends
-  after ``health_interval`` seconds of silence (no reply to that within another
-  interval ends the session: a half-open TCP connection is found). Other greenlets
-  write ``SUBSCRIBE``/``UNSUBSCRIBE`` on it under a lock; only the reader reads.
+  ``SUBSCRIBE`` (which confirm subscriptions) and the replies to the ``PING`` it asks
+  for after ``health_interval`` seconds of silence (no reply to that within another
+  interval ends the session: a half-open TCP connection is found). Its only writer is
+  the subscriptions greenlet, which brings Redis in line with the set of wanted topics
+  whenever it changes (so :meth:`~RedisBroker.unsubscribe` never blocks, and quick
+  changes coalesce), and sends the reader's ``PING``.
 * The **publisher** connection is fed by a bounded FIFO queue: :meth:`publish` only
   appends (never blocks, never does I/O), and a writer greenlet sends what has
   accumulated as one pipeline of ``PUBLISH`` commands, then reads the replies. One
@@ -45,7 +47,6 @@ from urllib.parse import urlsplit
 
 import gevent
 import gevent.event
-import gevent.lock
 import redis.backoff
 import redis.connection
 import redis.exceptions
@@ -68,8 +69,8 @@ _HEADER_SIZE = 1 + _ORIGIN_SIZE
 #: What the writer sends as one pipeline at most.
 _BATCH_MESSAGES = 512
 _BATCH_BYTES = 1 << 20
-#: Channels per SUBSCRIBE command when restoring subscriptions.
-_RESTORE_CHUNK = 1000
+#: Channels per SUBSCRIBE command.
+_SUBSCRIBE_CHUNK = 1000
 
 #: URL options that belong to redis-py's pool or retry logic, not to a connection: the
 #: broker does its own reconnecting and health checks.
@@ -109,27 +110,25 @@ class _Session:
     __slots__ = (
         "broken",
         "ended",
+        "greenlets",
         "healthy_reached",
+        "ping",
         "publisher",
-        "reader",
-        "ready",
         "reason",
         "restoring",
         "subscriber",
-        "writer",
     )
 
     def __init__(self, subscriber: Any, publisher: Any) -> None:
         self.subscriber = subscriber
         self.publisher = publisher
-        self.ready = False  # the restoring SUBSCRIBE was sent: others may write
         self.broken = False
         self.reason = ""
         self.ended = gevent.event.Event()
-        self.restoring: set[str] = set()
+        self.restoring: set[str] = set()  # wanted at the start, not confirmed yet
         self.healthy_reached = False
-        self.reader: Any = None
-        self.writer: Any = None
+        self.ping = False  # the reader asks the subscriptions writer for a PING
+        self.greenlets: list[Any] = []
 
 
 class RedisBroker(Broker):
@@ -212,13 +211,14 @@ class RedisBroker(Broker):
         self._inflight: dict[str, int] = {}
         # topics whose last command on the current session was SUBSCRIBE
         self._subscribed: set[str] = set()
+        # topics wanted or given up since the subscriptions writer last looked
+        self._dirty: set[str] = set()
+        self._commands = gevent.event.Event()  # wakes the subscriptions writer
         self._queue: deque[tuple[bytes, bytes]] = deque()
         self._pending_bytes = 0
         self._sending = 0  # messages of the pipeline being written
         self._wakeup = gevent.event.Event()
         self._stopping = gevent.event.Event()
-        self._send_lock = gevent.lock.Semaphore()
-        self._session: Optional[_Session] = None
         self._supervisor: Any = None
         self._up = False
         self._lost = False
@@ -274,7 +274,7 @@ class RedisBroker(Broker):
         event = self._wanted.get(topic)
         if event is None:
             event = self._wanted[topic] = gevent.event.Event()
-            self._send_subscribe(topic)
+            self._changed(topic)
         if event.is_set():
             return
         if self._lost:
@@ -291,13 +291,13 @@ class RedisBroker(Broker):
             )
 
     def unsubscribe(self, topic: str) -> None:
-        """Forget ``topic`` (waiters on its confirmation return) and unsubscribe its
-        channel if connected. Never blocks beyond the send lock."""
+        """Forget ``topic`` (waiters on its confirmation return); the subscriptions
+        writer unsubscribes its channel. Never blocks."""
         event = self._wanted.pop(topic, None)
         if event is None:
             return
         event.set()
-        self._send_unsubscribe(topic)
+        self._changed(topic)
 
     def publish(self, topic: str, data: bytes, binary: bool) -> None:
         """Queue ``data`` for the publisher connection; never blocks. Dropped (and
@@ -353,65 +353,72 @@ class RedisBroker(Broker):
         for event in self._wanted.values():
             event.set()  # waiters see the broker closed
         self._wanted.clear()
+        self._commands.set()
         if self._supervisor is not None:
             self._supervisor.kill(block=True, timeout=timeout)
         self._drop_queue()
 
-    # -- sending on the subscriber connection ------------------------------------------
+    # -- the subscriptions writer (subscriber connection) -------------------------------
 
     def _channel(self, topic: str) -> bytes:
         return self._prefix + topic.encode("utf-8")
 
-    def _send_subscribe(self, topic: str) -> None:
-        """SUBSCRIBE ``topic``'s channel on the current session, unless it is already
-        subscribed (or being subscribed) there. Without a ready session, nothing: the
-        next session subscribes every wanted topic."""
-        session = self._session
-        if session is None:
-            return
-        with self._send_lock:
-            if not self._writable(session) or topic not in self._wanted:
-                return
-            if topic in self._subscribed:
-                if topic not in self._inflight:  # confirmed earlier in this session
-                    self._wanted[topic].set()
-                return
-            self._subscribed.add(topic)
-            self._inflight[topic] = self._inflight.get(topic, 0) + 1
-            self._write(session, ("SUBSCRIBE", self._channel(topic)))
+    def _changed(self, topic: str) -> None:
+        """``topic`` was wanted or given up: the subscriptions writer brings Redis in line."""
+        self._dirty.add(topic)
+        self._commands.set()
 
-    def _send_unsubscribe(self, topic: str) -> None:
-        """UNSUBSCRIBE ``topic``'s channel on the current session, unless it is wanted
-        again or not subscribed there."""
-        session = self._session
-        if session is None:
-            return
-        with self._send_lock:
-            if not self._writable(session) or topic in self._wanted:
-                return
-            if topic in self._subscribed:
-                self._subscribed.discard(topic)
-                self._write(session, ("UNSUBSCRIBE", self._channel(topic)))
-
-    def _send_ping(self, session: _Session) -> None:
-        with self._send_lock:
-            if self._writable(session):
-                self._write(session, ("PING",))
-
-    def _writable(self, session: _Session) -> bool:
-        """Whether others may write on ``session``'s subscriber connection: it restored
-        its subscriptions (before, the restore covers every wanted topic) and is not
-        over."""
-        return session.ready and not session.broken and self._session is session
-
-    def _write(self, session: _Session, command: tuple[Any, ...]) -> None:
-        """Write ``command`` on the subscriber connection, the send lock held. A failure
-        breaks the session (redis-py closed the socket: the reader sees it); never
-        raises."""
+    def _subscriptions_loop(self, session: _Session) -> None:
+        """The only writer of the subscriber connection: brings Redis' subscriptions in
+        line with the wanted topics (changes made meanwhile are coalesced: a topic given
+        up and wanted again before this runs is left alone), and sends the reader's
+        PINGs. A write that blocks (Redis not reading) blocks nobody else."""
+        conn = session.subscriber
         try:
-            session.subscriber.send_command(*command, check_health=False)
+            while not session.broken:
+                if not self._dirty and not session.ping:
+                    self._commands.clear()
+                    self._commands.wait(self._health_interval)
+                    continue
+                dirty, self._dirty = self._dirty, set()
+                subscribe: list[str] = []
+                unsubscribe: list[str] = []
+                for topic in dirty:
+                    if topic in self._wanted:
+                        if topic not in self._subscribed:
+                            subscribe.append(topic)
+                        elif topic not in self._inflight:  # confirmed in this session
+                            self._wanted[topic].set()
+                    else:
+                        session.restoring.discard(topic)
+                        if topic in self._subscribed:
+                            unsubscribe.append(topic)
+                commands: list[tuple[Any, ...]] = []
+                if unsubscribe:
+                    self._subscribed.difference_update(unsubscribe)
+                    commands.append(("UNSUBSCRIBE", *map(self._channel, unsubscribe)))
+                for start in range(0, len(subscribe), _SUBSCRIBE_CHUNK):
+                    chunk = subscribe[start : start + _SUBSCRIBE_CHUNK]
+                    for topic in chunk:
+                        self._inflight[topic] = self._inflight.get(topic, 0) + 1
+                    self._subscribed.update(chunk)
+                    commands.append(("SUBSCRIBE", *map(self._channel, chunk)))
+                if session.ping:
+                    session.ping = False
+                    commands.append(("PING",))
+                self._check_restored(session)
+                if commands:
+                    conn.send_packed_command(conn.pack_commands(commands), check_health=False)
         except Exception as exc:
             self._break(session, exc)
+        finally:
+            self._break(session, None)
+
+    def _check_restored(self, session: _Session) -> None:
+        """Healthy once every topic wanted when the session started is confirmed (or
+        given up)."""
+        if not session.restoring and not session.healthy_reached and not session.broken:
+            self._mark_up(session)
 
     # -- the session ----------------------------------------------------------------------
 
@@ -441,27 +448,18 @@ class RedisBroker(Broker):
             self._stopping.wait(delay)
 
     def _run(self, session: _Session) -> None:
-        """Connect, restore the subscriptions, start the reader and the writer, and
-        return when the session ends."""
+        """Connect, start the greenlets (the subscriptions writer subscribes every
+        topic wanted now), and return when the session ends."""
         session.subscriber.connect()
         session.publisher.connect()
-        self._session = session
-        with self._send_lock:
-            topics = list(self._wanted)
-            for start in range(0, len(topics), _RESTORE_CHUNK):
-                chunk = topics[start : start + _RESTORE_CHUNK]
-                for topic in chunk:
-                    self._inflight[topic] = self._inflight.get(topic, 0) + 1
-                session.subscriber.send_command(
-                    "SUBSCRIBE", *(self._channel(t) for t in chunk), check_health=False
-                )
-            session.restoring.update(topics)
-            self._subscribed.update(topics)
-            session.ready = True
-        session.reader = gevent.spawn(self._read_loop, session)
-        session.writer = gevent.spawn(self._write_loop, session)
-        if not topics:
-            self._mark_up(session)
+        session.restoring.update(self._wanted)
+        self._dirty = set(self._wanted)
+        session.greenlets = [
+            gevent.spawn(self._read_loop, session),
+            gevent.spawn(self._subscriptions_loop, session),
+            gevent.spawn(self._write_loop, session),
+        ]
+        self._check_restored(session)  # nothing to restore: healthy now
         # Ends: the reader finds any loss within 2 x health_interval; close() kills us.
         session.ended.wait()
 
@@ -476,17 +474,15 @@ class RedisBroker(Broker):
         """Tear ``session`` down: withdraw confirmations, log the loss, stop its
         greenlets, close its connections, drop the queue. Never raises."""
         self._break(session, None)
-        if self._session is session:
-            self._session = None
         self._up = False
         self._inflight.clear()
         self._subscribed.clear()
+        self._dirty.clear()
         if not self._closed:
             for event in self._wanted.values():
                 event.clear()
             self._lose(session.reason)
-        greenlets = [g for g in (session.reader, session.writer) if g is not None]
-        gevent.killall(greenlets, block=True, timeout=self._timeout)
+        gevent.killall(session.greenlets, block=True, timeout=self._timeout)
         for conn in (session.subscriber, session.publisher):
             try:
                 conn.disconnect()
@@ -539,7 +535,8 @@ class RedisBroker(Broker):
                     if awaiting_pong:
                         raise TimeoutError(f"no answer to PING within {self._health_interval} s")
                     awaiting_pong = True
-                    self._send_ping(session)
+                    session.ping = True
+                    self._commands.set()
                     continue
                 reply = conn.read_response()
                 awaiting_pong = False
@@ -567,8 +564,7 @@ class RedisBroker(Broker):
             event.set()
         if session.restoring:
             session.restoring.discard(topic)
-            if not session.restoring and not session.healthy_reached:
-                self._mark_up(session)
+            self._check_restored(session)
 
     def _on_pubsub_message(self, channel: bytes, payload: bytes) -> None:
         counters = self._counters
