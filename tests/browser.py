@@ -2,7 +2,7 @@
 
 The browser loads a page and runs its JavaScript; tests observe the results on the
 server side, so no browser automation library is needed. Without ``chromium`` installed
-the tests are skipped, unless ``GEVENTWS_REQUIRE_BROWSER=1`` (set by ``.ci/run``) makes
+the tests are skipped, unless ``GEVENTWS_CI=1`` (set by ``.ci/run``) makes
 that a failure.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -19,8 +18,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
-import pytest
 from websockets.sync.client import ClientConnection, connect
+
+from .utils import require
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -38,14 +38,13 @@ CHROMIUM_FLAGS = [
 
 
 def chromium_path() -> str:
-    """The browser's path, or skip (fail when the browser is required)."""
+    """The browser's path, or skip (fail in CI: see :func:`tests.utils.require`)."""
     for name in ("chromium", "chromium-browser"):
         path = shutil.which(name)
         if path:
             return path
-    if os.environ.get("GEVENTWS_REQUIRE_BROWSER") == "1":
-        pytest.fail("chromium is required (GEVENTWS_REQUIRE_BROWSER=1) but not installed")
-    pytest.skip("chromium is not installed (apt-get install chromium)")
+    require(False, "chromium is not installed (apt-get install chromium)")
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager

@@ -27,7 +27,8 @@ from typing import Any, Callable, Iterator, Optional, TypeVar
 import gevent
 import gevent.event
 import greenlet
-import pytest
+
+from .utils import require
 
 T = TypeVar("T")
 
@@ -39,13 +40,11 @@ def redis_available() -> bool:
 
 
 def require_redis() -> None:
-    """Skip when redis-server is missing, except in CI (``CI`` set), where it fails."""
-    if redis_available():
-        return
-    message = f"redis-server not found ({REDIS_SERVER}): apt-get install redis-server"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    """Skip when redis-server is missing, except in CI, where it fails (see
+    :func:`tests.utils.require`)."""
+    require(
+        redis_available(), f"redis-server not found ({REDIS_SERVER}): apt-get install redis-server"
+    )
 
 
 def _free_port() -> int:

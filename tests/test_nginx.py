@@ -26,7 +26,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from .utils import ThrowawayCA, start_serve_command, wait_for
+from .utils import ThrowawayCA, require, start_serve_command, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS_CONFIG = ROOT / "docs" / "deploy" / "nginx.conf"
@@ -50,11 +50,7 @@ HANDLER_MODULE = textwrap.dedent(
 
 @pytest.fixture(scope="module", autouse=True)
 def need_nginx() -> None:
-    if not os.access(NGINX, os.X_OK):
-        message = f"nginx not found ({NGINX}); Debian: apt-get install nginx"
-        if os.environ.get("GEVENTWS_CI") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+    require(os.access(NGINX, os.X_OK), f"nginx not found ({NGINX}); Debian: apt-get install nginx")
 
 
 def free_port() -> int:
