@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import socket as _socket
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import gevent
 from gevent import getcurrent
@@ -44,12 +44,14 @@ __all__ = ["Transport"]
 
 class Transport:
     """The open link over ``sock`` and ``protocol``; ``leftover`` are bytes read past
-    the handshake, ``address`` the peer's (for logs)."""
+    the handshake, ``address`` the peer's (for logs), ``on_end()`` runs once when the
+    link is over (it must not block)."""
 
     __slots__ = (
         "_address",
         "_closer",
         "_logger",
+        "_on_end",
         "_settings",
         "_sock",
         "keepalive",
@@ -67,8 +69,10 @@ class Transport:
         leftover: bytes,
         address: Optional[tuple[Any, ...]],
         logger: logging.Logger,
+        on_end: Optional[Callable[[], None]] = None,
     ) -> None:
         self._sock = sock
+        self._on_end = on_end
         self._settings = settings
         self._address = address
         self._logger = logger
@@ -169,6 +173,8 @@ class Transport:
             )
         self.reader.stop()
         self.keepalive.stop(protocol.closed_exception())
+        if self._on_end is not None:
+            self._on_end()
 
     def _close(self) -> None:
         """The closer: what is left to write, the half-close, the peer's end, then the

@@ -269,6 +269,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_compression(serve)
     serve.add_argument(
+        "--broker",
+        default=os.environ.get("GEVENTWS_BROKER") or None,
+        metavar="URL",
+        help="where topics meet other processes: redis://host:6379/0 (default "
+        "$GEVENTWS_BROKER, else this process only)",
+    )
+    serve.add_argument(
         "--forwarded-allow-ips",
         default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
         metavar="IPS",
@@ -345,7 +352,7 @@ def _serve_workers(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         close_timeout=args.close_timeout,
-        broker=getattr(args, "broker", None),
+        broker=args.broker,
     )
     try:
         supervisor.bind()
@@ -391,6 +398,7 @@ def _serve(args: argparse.Namespace, worker: Optional[Worker] = None) -> int:
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
         send_timeout=args.send_timeout,
+        broker=args.broker,
         **_compression_options(args),
     )
     try:

@@ -57,7 +57,7 @@ from .exceptions import (
 from .options import ConnectionSettings
 
 if TYPE_CHECKING:
-    pass
+    from .pubsub import Topics
 
 __all__ = ["Connection", "Data", "HandshakeAnswer"]
 
@@ -89,6 +89,7 @@ class Connection:
         "_fragmenting",
         "_handshake",
         "_leftover",
+        "_registry",
         "_settings",
         "_sock",
         "_transport",
@@ -114,8 +115,10 @@ class Connection:
         leftover: bytes = b"",
         answer: Optional[HandshakeAnswer] = None,
         logger: Optional[logging.Logger] = None,
+        topics: Optional[Topics] = None,
     ) -> None:
         self._sock = sock
+        self._registry = topics  # the server's topics (server side)
         self.side = side
         self._settings = settings
         #: The upgrade request (server side) or ``None`` (client side).
@@ -140,27 +143,11 @@ class Connection:
         if protocol is not None:
             self._open(protocol, leftover)
 
-    # -- options ----------------------------------------------------------------------
-
     @property
-    def max_size(self) -> Optional[int]:
-        """The largest message accepted, in bytes."""
-        return self._settings.max_size
-
-    @property
-    def max_queue(self) -> int:
-        """Reading stops once this many received messages wait."""
-        return self._settings.max_queue
-
-    @property
-    def max_queue_low(self) -> int:
-        """Reading resumes once the queue is down to this many messages."""
-        return self._settings.max_queue_low
-
-    @property
-    def close_timeout(self) -> float:
-        """Seconds for the closing handshake."""
-        return self._settings.close_timeout
+    def settings(self) -> ConnectionSettings:
+        """This connection's options (``max_size``, ``max_queue``, ``close_timeout``...),
+        shared with the other connections of its server."""
+        return self._settings
 
     # -- the opening handshake --------------------------------------------------------
 
@@ -238,6 +225,7 @@ class Connection:
             leftover=leftover,
             address=self.remote_address,
             logger=self.logger,
+            on_end=self._leave_topics,
         )
 
     def _ensure_open(self) -> Transport:
@@ -484,10 +472,75 @@ class Connection:
 
     def abort(self) -> None:
         """Release the connection now (the server calls it when the handler is done):
-        no greenlet of it is left and its socket is closed. Never raises."""
+        out of its topics, no greenlet of it left, its socket closed. Never raises."""
+        self._leave_topics()
         if self._transport is not None:
             self._transport.release()
         self._sock.close()
+
+    # -- topics ---------------------------------------------------------------------------
+
+    def subscribe(self, topic: str, timeout: Optional[float] = None) -> None:
+        """Subscribe this connection to ``topic``: every message published to it
+        afterwards, by any connection or server of any process sharing the server's
+        broker, reaches this connection (see :doc:`/topics/pubsub`).
+
+        Returns once the subscription is in force everywhere: the first local
+        subscriber of a topic waits (at most ``timeout`` seconds, default 5) for the
+        broker's confirmation. Raises :class:`~geventws.pubsub.BrokerUnavailable` when
+        the broker can't confirm in time; the subscription is kept all the same (local
+        messages arrive, and it is restored when the broker is back). Accepts a pending
+        handshake first. Raises :class:`~geventws.ConnectionClosed` on a closed
+        connection, :class:`InvalidState` on a client connection, :class:`ValueError`
+        for a topic that isn't a non-empty string. Subscribing twice is harmless. A
+        connection leaves all its topics when it closes.
+        """
+        registry = self._require_topics()
+        transport = self._transport or self._ensure_open()
+        if transport.protocol.state is not State.OPEN:
+            raise transport.protocol.closed_exception()
+        registry.subscribe(self, topic, timeout)
+
+    def unsubscribe(self, topic: str) -> bool:
+        """Leave ``topic``; return whether the connection was subscribed. Never blocks."""
+        return self._require_topics().unsubscribe(self, topic)
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """The topics this connection is subscribed to."""
+        registry = self._registry
+        return frozenset() if registry is None else registry.topics_of(self)
+
+    def publish(
+        self, topic: str, message: Union[str, bytes, bytearray, memoryview], binary: bool = False
+    ) -> int:
+        """Send ``message`` to every *other* subscriber of ``topic`` (not this connection,
+        as in uWebSockets and Bun), in this process and, through the broker, in the
+        others; return the number of local deliveries.
+
+        The message is framed once and compressed once per setting; slow consumers are
+        skipped, as by :func:`~geventws.broadcast`. Never blocks. Per publisher,
+        subscribers see messages in publish order. Raises :class:`ValueError` for text
+        that isn't valid UTF-8 (nothing is sent), :class:`InvalidState` on a client
+        connection.
+        """
+        return self._require_topics().publish(
+            topic,
+            bytes(message) if isinstance(message, (bytearray, memoryview)) else message,
+            binary,
+            exclude=self,
+        )
+
+    def _require_topics(self) -> Topics:
+        registry = self._registry
+        if registry is None:
+            raise InvalidState("topics are for server connections")
+        return registry
+
+    def _leave_topics(self) -> None:
+        registry = self._registry
+        if registry is not None:
+            registry.unsubscribe_all(self)
 
     def __enter__(self) -> Connection:
         return self

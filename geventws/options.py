@@ -345,6 +345,18 @@ OPTIONS: tuple[Option, ...] = (
         "upgrade",
         Cli(str, "NAME", flag="--subprotocol", repeatable=True),
     ),
+    Option(
+        "broker",
+        "Optional[str]",
+        None,
+        "Where topics (``connection.subscribe``/``publish``) meet other processes: a "
+        "Redis URL (``redis://host:6379/0``, ``rediss://user:password@host/0``, "
+        "``unix:///path``; needs the ``redis`` extra), or ``'local'`` for this process "
+        "only. ``None``: the ``GEVENTWS_BROKER`` environment variable when set (how "
+        "gunicorn workers and ``--workers`` get it), else ``'local'``.",
+        "upgrade",
+        Cli(str, "URL", env="GEVENTWS_BROKER"),
+    ),
     # -- the standalone server
     Option(
         "handshake_timeout",
@@ -532,6 +544,7 @@ class UpgradeOptions(ConnectionOptions, total=False):
 
     origins: Optional[Iterable[Optional[str]]]
     subprotocols: Optional[Iterable[str]]
+    broker: Optional[str]
 
 
 class ServerOptions(UpgradeOptions, total=False):

@@ -29,6 +29,7 @@ from .core.request import Request
 from .core.server_handshake import rejection
 from .exceptions import InvalidRequest
 from .options import ServerOptions, resolve
+from .pubsub import Topics
 from .upgrade import Handler, UpgradePolicy, end_connection, log_refusal, run_handler
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
     def stop(self, timeout: Optional[float] = None) -> None:
         """Stop accepting, close every connection with 1001 (going away), wait up to
         ``timeout`` seconds (default ``close_timeout``) for the handlers to finish, then
-        kill the ones still running."""
+        kill the ones still running; finally close the topics' broker."""
         if timeout is None:
             timeout = self.close_timeout
         self.close()
@@ -101,6 +102,23 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         ]
         super().stop(timeout=timeout)
         gevent.killall(closers, block=True, timeout=1)
+        self.topics.close(timeout=min(timeout, 5.0))
+
+    @property
+    def topics(self) -> Topics:
+        """The registry of this server's topics and its broker (``topics.broker``:
+        ``healthy``, ``stats()``)."""
+        return self.policy.topics
+
+    def publish(
+        self, topic: str, message: Union[str, bytes, bytearray, memoryview], binary: bool = False
+    ) -> int:
+        """Send ``message`` to every subscriber of ``topic`` (see
+        :meth:`Connection.publish <geventws.Connection.publish>`), from any greenlet of
+        the server's hub (a background ticker, a WSGI view); return the number of local
+        deliveries. Never blocks."""
+        data = message if isinstance(message, (str, bytes)) else bytes(message)
+        return self.policy.topics.publish(topic, data, binary)
 
     # -- one connection ---------------------------------------------------------------
 

@@ -12,6 +12,7 @@ whose handshake the handler then accepts or rejects (the decision itself is the 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -24,6 +25,7 @@ from .core.request import Request
 from .core.server_handshake import ServerHandshake
 from .exceptions import ConnectionClosed, InvalidRequest
 from .options import ConnectionSettings
+from .pubsub import Topics
 
 __all__ = [
     "Handler",
@@ -39,8 +41,9 @@ Handler = Callable[[Connection, Request], Any]
 class UpgradePolicy:
     """What a server decides about every upgrade request, and how it makes its
     connections. ``values`` are the resolved options (:func:`geventws.options.resolve`)
-    of a server or middleware: ``origins``, ``subprotocols`` and the connection
-    options."""
+    of a server or middleware: ``origins``, ``subprotocols``, ``broker`` and the
+    connection options. :attr:`topics` is the server's topic registry, whose broker
+    starts on first use (so after a ``fork``, in the process that serves)."""
 
     def __init__(self, values: Mapping[str, Any]) -> None:
         origins = values["origins"]
@@ -52,6 +55,11 @@ class UpgradePolicy:
         self.subprotocols: tuple[str, ...] = tuple(values["subprotocols"] or ())
         #: The settings every connection shares.
         self.settings = ConnectionSettings(values)
+        broker = values["broker"]
+        if broker is None:
+            broker = os.environ.get("GEVENTWS_BROKER") or None
+        #: The topics of this server's connections (:class:`~geventws.pubsub.Topics`).
+        self.topics = Topics(broker)
 
     def open(
         self,
@@ -87,6 +95,7 @@ class UpgradePolicy:
             leftover=leftover,
             answer=answer,
             logger=log,
+            topics=self.topics,
         )
 
 
@@ -124,8 +133,9 @@ def run_handler(handler: Handler, connection: Connection, logger: logging.Logger
 
 
 def end_connection(connection: Connection, started: float, logger: logging.Logger) -> None:
-    """Release ``connection`` after its handler (never raises): socket closed, no
-    greenlet left, and the INFO line ``connection closed`` for an opened connection."""
+    """Release ``connection`` after its handler (never raises): out of its topics,
+    socket closed, no greenlet left, and the INFO line ``connection closed`` for an
+    opened connection."""
     connection.abort()
     code = connection.close_code
     if code is not None and logger.isEnabledFor(logging.INFO):

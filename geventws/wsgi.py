@@ -56,6 +56,7 @@ from .core.request import Request
 from .core.server_handshake import Accepted, Rejected
 from .exceptions import ConnectionClosed, InvalidRequest
 from .options import UpgradeOptions, resolve
+from .pubsub import Topics
 from .upgrade import Handler, UpgradePolicy, end_connection, log_refusal, run_handler
 
 if TYPE_CHECKING:
@@ -317,6 +318,20 @@ class WebSocketMiddleware:
         if sock.family in (_socket.AF_INET, _socket.AF_INET6):
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         return _Upgrade(self.connections, connection, answer)
+
+    @property
+    def topics(self) -> Topics:
+        """The registry of the topics of this middleware's connections, and its broker."""
+        return self.policy.topics
+
+    def publish(
+        self, topic: str, message: Union[str, bytes, bytearray, memoryview], binary: bool = False
+    ) -> int:
+        """Send ``message`` to every subscriber of ``topic``, from any greenlet (a WSGI
+        view, a background job); return the number of local deliveries. Never blocks.
+        See :meth:`Connection.publish <geventws.Connection.publish>`."""
+        data = message if isinstance(message, (str, bytes)) else bytes(message)
+        return self.policy.topics.publish(topic, data, binary)
 
     def close_all(
         self, code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Iterator
 
+import gevent
 import pytest
 from websockets.sync.server import ServerConnection
 from websockets.sync.server import serve as ws_serve
@@ -17,6 +18,7 @@ def serve() -> Iterator[Callable[..., ServerThread]]:
     """Start geventws servers for the test; on teardown stop them and check that no
     socket or greenlet leaked."""
     servers: list[ServerThread] = []
+    gevent.sleep(0)  # this thread's hub and loop (their descriptors) exist before counting
     before = fd_count()
 
     def start(handler: Callable[..., Any], **options: Any) -> ServerThread:

@@ -135,7 +135,7 @@ def test_max_queue_high_and_low_water(serve: Any) -> None:
     seen: queue.Queue[Any] = queue.Queue()
 
     def handler(connection: Connection, request: Request) -> None:
-        seen.put((connection.max_queue, connection.max_queue_low))
+        seen.put((connection.settings.max_queue, connection.settings.max_queue_low))
 
     server = serve(handler, max_queue=(8, 2))
     with connect(server.url):
