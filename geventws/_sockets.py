@@ -28,6 +28,7 @@ __all__ = [
     "HandshakeAnswer",
     "close_socket",
     "format_address",
+    "raw_socket",
     "read_head",
     "refuse",
     "send_nowait",
@@ -121,8 +122,18 @@ class HandshakeAnswer:
     def accept(self, sock: Any, accepted: Accepted, leftover: bytes, deadline: Deadline) -> bytes:
         """Send the 101 answer within ``deadline``; return the bytes already read past
         the request. Raises :class:`OSError` or :class:`TimeoutError`."""
+        data = accepted.data
+        raw = raw_socket(sock)
+        if raw is not None:  # usually it all fits at once: no timer needed
+            try:
+                sent = raw.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            if sent == len(data):
+                return leftover
+            data = data[sent:]
         with deadline.timeout():
-            sock.sendall(accepted.data)
+            sock.sendall(data)
         return leftover
 
     def reject(self, sock: Any, rejected: Rejected, timeout: float) -> None:
@@ -132,6 +143,18 @@ class HandshakeAnswer:
 
 #: The answer of connections that write their handshake's answer themselves.
 SOCKET_ANSWER = HandshakeAnswer()
+
+
+def raw_socket(sock: Any) -> Any:
+    """The non-blocking OS socket under a plain gevent socket, which may be written
+    directly when it can take the bytes right away (skipping gevent's per-call work), or
+    ``None`` for a TLS socket (its bytes must go through the TLS layer)."""
+    if getattr(sock, "pending", None) is not None:  # a TLS socket
+        return None
+    raw = getattr(sock, "_sock", None)
+    if raw is None or raw.gettimeout() != 0.0:
+        return None
+    return raw
 
 
 def format_address(address: Optional[tuple[Any, ...]]) -> str:

@@ -9,8 +9,10 @@ Ending
 ------
 When the protocol says the transport should close (closing handshake done, protocol
 error, end of file, a local failure), :meth:`Transport.finish` marks the link over at
-once (receivers wake up, pings waiting for pongs fail) and starts a *closer* greenlet
-that writes what is left (the close frame), shuts TCP down first if this side should
+once (receivers wake up, pings waiting for pongs fail) and has it *closed*: by the
+handler itself when it ends right away (no greenlet spawned, the common case), else by a
+closer greenlet. The closing writes what is left (the close frame), shuts TCP down first
+if this side should
 (RFC 6455 §7.1.1: the protocol decides), waits up to ``close_timeout`` for the peer to
 close its side (reading only when no other greenlet reads: no two greenlets ever wait on
 one socket), and closes the socket in a ``finally``. Ending the link from a greenlet
@@ -28,6 +30,7 @@ from typing import Any, Callable, Optional
 
 import gevent
 from gevent import getcurrent
+from gevent.event import Event
 
 from ._deadline import Deadline
 from ._keepalive import Keepalive
@@ -40,6 +43,13 @@ from .exceptions import ConnectionClosed, ProtocolError
 from .options import ConnectionSettings
 
 __all__ = ["Transport"]
+
+#: The closing is due and nobody does it yet (see :meth:`Transport.finish`).
+_PENDING: Any = object()
+
+
+class _Inline(Event):  # type: ignore[misc]
+    """The closing runs in a greenlet that waited for it; set when done."""
 
 
 class Transport:
@@ -76,7 +86,7 @@ class Transport:
         self._settings = settings
         self._address = address
         self._logger = logger
-        self._closer: Optional[gevent.Greenlet] = None
+        self._closer: Any = None  # _PENDING, an _Inline, or the closer greenlet
         self.protocol = protocol
         self.writer = Writer(sock, settings.send_timeout, self._write_failed)
         self.keepalive = Keepalive(
@@ -159,11 +169,14 @@ class Transport:
         return protocol.closed_exception()
 
     def finish(self) -> None:
-        """The link is over: wake everyone, and close the socket in the background."""
+        """The link is over: wake everyone, and have the socket closed: by the next
+        greenlet that waits for it (usually the handler, ending at once: no greenlet is
+        spawned for it), else by a closer greenlet started as the loop comes round."""
         if self._closer is not None:
             return
         protocol = self.protocol
-        self._closer = gevent.spawn(self._close)
+        self._closer = _PENDING
+        gevent.get_hub().loop.run_callback(self._spawn_closer)
         if protocol.error is not None:
             self._logger.info(
                 "closing %s: %s (%d)",
@@ -176,11 +189,15 @@ class Transport:
         if self._on_end is not None:
             self._on_end()
 
-    def _close(self) -> None:
-        """The closer: what is left to write, the half-close, the peer's end, then the
+    def _spawn_closer(self) -> None:
+        # A loop callback: nobody took the closing over; a greenlet of its own does it.
+        if self._closer is _PENDING:
+            self._closer = gevent.spawn(self._close, Deadline(self._settings.close_timeout))
+
+    def _close(self, deadline: Deadline) -> None:
+        """The closing: what is left to write, the half-close, the peer's end, then the
         socket closed whatever happens."""
         protocol = self.protocol
-        deadline = Deadline(self._settings.close_timeout)
         try:
             try:
                 self.writer.write(deadline)
@@ -198,9 +215,18 @@ class Transport:
             self._sock.close()
 
     def wait_closed(self, deadline: Deadline) -> None:
-        """Wait (within ``deadline``, then a moment more to kill it) for the closer."""
+        """Wait (within ``deadline``, then a moment more to kill a closer greenlet) until
+        the socket is closed; does the closing itself if nobody started it yet."""
         closer = self._closer
-        if closer is not None and getcurrent() is not closer:
+        if closer is _PENDING:
+            done = self._closer = _Inline()
+            try:
+                self._close(deadline)
+            finally:
+                done.set()
+        elif isinstance(closer, _Inline):
+            closer.wait(deadline.remaining())
+        elif closer is not None and getcurrent() is not closer:
             closer.join(timeout=deadline.remaining())
             if not closer.dead:
                 closer.kill(block=True, timeout=1)

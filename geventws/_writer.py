@@ -37,7 +37,7 @@ import gevent
 from gevent.lock import Semaphore
 
 from ._deadline import NO_DEADLINE, Deadline
-from ._sockets import send_nowait
+from ._sockets import raw_socket, send_nowait
 from .exceptions import ConnectionClosed
 
 __all__ = ["HIGH_WATER", "Writer", "SharedBatch"]
@@ -89,10 +89,8 @@ class Writer:
         self._sock = sock
         # A plain gevent socket wraps a non-blocking OS socket that can be written
         # without waiting (and without gevent's per-call overhead); TLS can't.
-        raw = getattr(sock, "_sock", None) if getattr(sock, "pending", None) is None else None
-        self._raw_send: Optional[Callable[[Chunk], int]] = (
-            raw.send if raw is not None and raw.gettimeout() == 0.0 else None
-        )
+        raw = raw_socket(sock)
+        self._raw_send: Optional[Callable[[Chunk], int]] = raw.send if raw is not None else None
         self.send_timeout = send_timeout
         self._on_failure = on_failure
         self._lock = Semaphore()

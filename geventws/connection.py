@@ -184,8 +184,8 @@ class Connection:
             raise ConnectionClosedError(1006, f"handshake write failed: {exc}") from exc
         self._leftover = b""
         self._open(accepted.protocol, leftover)
-        if self.logger.isEnabledFor(logging.INFO):
-            self.logger.info(
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug(
                 "connection opened: %s %s",
                 format_address(self.remote_address),
                 getattr(self.request, "target", "-"),
@@ -207,13 +207,6 @@ class Connection:
         if handshake is None:
             raise InvalidState("cannot reject: not a server connection waiting for it")
         rejected = handshake.reject(status, body, headers)
-        if self.logger.isEnabledFor(logging.INFO):
-            self.logger.info(
-                "connection rejected: %s %s status=%d",
-                format_address(self.remote_address),
-                getattr(self.request, "target", "-"),
-                status,
-            )
         (self._answer or SOCKET_ANSWER).reject(self._sock, rejected, self._settings.close_timeout)
 
     def _open(self, protocol: Protocol, leftover: bytes) -> None:
@@ -549,6 +542,13 @@ class Connection:
         self.close()
 
     # -- state --------------------------------------------------------------------------
+
+    @property
+    def status(self) -> Optional[int]:
+        """The HTTP status the opening handshake was answered with (server side): 101,
+        the :meth:`reject` status, or ``None`` while pending."""
+        handshake = self._handshake
+        return None if handshake is None else handshake.status
 
     @property
     def handshake_pending(self) -> bool:

@@ -22,7 +22,7 @@ from ._deadline import Deadline
 from ._sockets import format_address, read_head, refuse, start_tls
 from .connection import Connection
 from .core.frames import CloseCode
-from .core.http11 import parse_request
+from .core.http11 import RequestHead, parse_request
 from .core.proxy import TrustedProxies, check_proxy_headers
 from .core.proxy import resolve as resolve_client
 from .core.request import Request
@@ -131,7 +131,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             if self.max_connections is not None and len(self.pool) > self.max_connections:
                 self._refuse_busy(sock, address)
                 return
-            connection = self._handshake(sock, address)
+            connection = self._handshake(sock, address, started)
             if connection is not None:
                 self.connections.add(connection)
                 run_handler(self.handler, connection, logger)
@@ -140,7 +140,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
                 sock.close()
             else:
                 self.connections.discard(connection)
-                end_connection(connection, started, logger)
+                end_connection(connection, started)
 
     def _refuse_busy(self, sock: Any, address: Any) -> None:
         logger.warning(
@@ -159,7 +159,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         answer = rejection(503, "Too many connections, retry later\n", [("Retry-After", "5")])
         refuse(sock, answer, 1.0)
 
-    def _handshake(self, sock: Any, address: Any) -> Optional[Connection]:
+    def _handshake(self, sock: Any, address: Any, started: float) -> Optional[Connection]:
         """Read and validate the upgrade request; answer errors; return the connection
         (not yet accepted), or ``None`` once a refused or missing request is dealt with
         and the socket closed.
@@ -169,6 +169,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         before this returns.
         """
         connection: Optional[Connection] = None
+        head: Optional[RequestHead] = None
         deadline = Deadline(self.handshake_timeout, "handshake timed out")
         try:
             with deadline.timeout():
@@ -193,7 +194,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             logger.info("handshake timed out: %s", format_address(address))
             return None
         except InvalidRequest as exc:
-            log_refusal(logger, address, exc)
+            log_refusal(address, exc, started, head)
             answer = rejection(exc.status, exc.message + "\n", exc.headers)
             refuse(sock, answer, self.close_timeout)
             return None

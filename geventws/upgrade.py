@@ -31,6 +31,8 @@ __all__ = [
     "Handler",
     "UpgradePolicy",
     "end_connection",
+    "access_logger",
+    "log_access",
     "log_refusal",
     "run_handler",
 ]
@@ -99,11 +101,43 @@ class UpgradePolicy:
         )
 
 
-def log_refusal(logger: logging.Logger, address: Any, exc: InvalidRequest) -> None:
-    """The INFO line for an upgrade request refused before the handler ran."""
-    logger.info(
-        "handshake failed: %s status=%d %s", format_address(address), exc.status, exc.message
+#: One INFO line per connection, when it ends: ``--no-access-log`` turns it off.
+access_logger = logging.getLogger("geventws.access")
+
+
+def log_access(
+    address: Any,
+    method: str,
+    target: str,
+    status: Optional[int],
+    *,
+    started: float,
+    code: Optional[int] = None,
+    reason: str = "",
+) -> None:
+    """The access line of one connection: ``ADDRESS METHOD PATH STATUS [close=CODE]
+    duration=SECONDS [(REASON)]``. The query string is left out: tokens passed there
+    must not end up in logs (the DEBUG line ``connection opened`` has the whole target).
+    Formatted only when INFO is enabled on ``geventws.access``."""
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    access_logger.info(
+        "%s %s %s %s%s duration=%.3fs%s",
+        format_address(address),
+        method,
+        target.partition("?")[0],
+        "-" if status is None else status,
+        "" if code is None else f" close={code}",
+        time.monotonic() - started,
+        f" ({reason})" if reason else "",
     )
+
+
+def log_refusal(address: Any, exc: InvalidRequest, started: float, head: Any = None) -> None:
+    """The access line of an upgrade request refused before the handler ran (``head``
+    is the parsed request head, if it parsed)."""
+    method, target = (head.method, head.target) if head is not None else ("-", "-")
+    log_access(address, method, target, exc.status, started=started, reason=exc.message)
 
 
 def run_handler(handler: Handler, connection: Connection, logger: logging.Logger) -> None:
@@ -132,17 +166,17 @@ def run_handler(handler: Handler, connection: Connection, logger: logging.Logger
     connection.close()
 
 
-def end_connection(connection: Connection, started: float, logger: logging.Logger) -> None:
+def end_connection(connection: Connection, started: float) -> None:
     """Release ``connection`` after its handler (never raises): out of its topics,
-    socket closed, no greenlet left, and the INFO line ``connection closed`` for an
-    opened connection."""
+    socket closed, no greenlet left; then its access line."""
     connection.abort()
-    code = connection.close_code
-    if code is not None and logger.isEnabledFor(logging.INFO):
-        logger.info(
-            "connection closed: %s %s code=%d duration=%.3fs",
-            format_address(connection.remote_address),
-            getattr(connection.request, "target", "-"),
-            code,
-            time.monotonic() - started,
-        )
+    request = connection.request
+    assert request is not None  # server side
+    log_access(
+        connection.remote_address,
+        request.method,
+        request.target,
+        connection.status,
+        started=started,
+        code=connection.close_code,
+    )

@@ -57,7 +57,14 @@ from .core.server_handshake import Accepted, Rejected
 from .exceptions import ConnectionClosed, InvalidRequest
 from .options import UpgradeOptions, resolve
 from .pubsub import Topics
-from .upgrade import Handler, UpgradePolicy, end_connection, log_refusal, run_handler
+from .upgrade import (
+    Handler,
+    UpgradePolicy,
+    end_connection,
+    log_access,
+    log_refusal,
+    run_handler,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -210,8 +217,19 @@ class _Upgrade:
         self.registry.discard(self.connection)
         _LIVE.discard(self.connection)
         if self.answer.accepted:
-            end_connection(self.connection, self.started, logger)
+            end_connection(self.connection, self.started)
             self.answer.reader.close()
+        else:  # answered over HTTP: the WSGI server writes it and goes on
+            request = self.connection.request
+            assert request is not None
+            status = self.connection.status
+            log_access(
+                request.remote_address,
+                request.method,
+                request.target,
+                status,
+                started=self.started,
+            )
 
     def body(self) -> list[bytes]:
         """The WSGI response body: a refusal's, or nothing after a 101."""
@@ -299,6 +317,7 @@ class WebSocketMiddleware:
     ) -> Union[list[bytes], _Upgrade]:
         """Validate an upgrade request: the error response's body, or the connection
         ready to accept (its handshake answered through ``start_response``)."""
+        started = time.monotonic()
         head, request = request_from_environ(environ)
         reader = _reader_of(environ)
         try:
@@ -313,7 +332,7 @@ class WebSocketMiddleware:
                 sock, head, request, log=logger, answer=answer, subprotocols=subprotocols
             )
         except InvalidRequest as exc:
-            log_refusal(logger, request.remote_address, exc)
+            log_refusal(request.remote_address, exc, started, head)
             return _error(start_response, exc.status, exc.message + "\n", exc.headers)
         if sock.family in (_socket.AF_INET, _socket.AF_INET6):
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)

@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from typing import Any, Callable, Iterator, Optional
 
 import gevent
@@ -44,13 +45,13 @@ def tcp_pair(buffer: int = 8192) -> tuple[Any, socket.socket]:
     listener.listen(1)
     client = socket.socket()
     client.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1460)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)  # before the window opens
     client.settimeout(20)
     client.connect(listener.getsockname())
     accepted, _ = listener.accept()
     listener.close()
     ours = gevent.socket.socket(fileno=accepted.detach())
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
     for sock in (ours, client):  # as the server and the client set them
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return ours, client
@@ -98,6 +99,21 @@ class Peer:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+class SlowSocket:
+    """A socket that reads 2 KiB at a time with a pause: a slow reader, so that writes
+    to it block (and switch greenlets) many times."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def recv(self, size: int) -> bytes:
+        time.sleep(0.002)
+        return self._sock.recv(min(size, 2048))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 def close_code(payload: bytes) -> int:
@@ -376,25 +392,30 @@ def receiving_scenario() -> tuple[Connection, Peer, Callable[[], Any]]:
 
     def script(peer: Peer) -> Any:
         raw = peer.raw
+        peer.go.wait(10)  # the receiver is waiting already
         for n in range(3):
             raw.send(client_frame(9, b"p%d" % n)[:3])  # a frame split across reads
+            time.sleep(0.005)  # trickling in: the receiver waits (switches) each time
             raw.send(client_frame(9, b"p%d" % n)[3:] + client_frame(1, b"m%d" % n))
+            time.sleep(0.005)
         return read_all(raw)
 
     connection = server_connection(ours)
     connection.got = got  # type: ignore[attr-defined]
+    peer = Peer(theirs, script)
 
     def operation() -> None:
+        peer.go.set()
         for _ in range(3):
             got.append(connection.receive())
 
-    return connection, Peer(theirs, script), operation
+    return connection, peer, operation
 
 
 @pytest.mark.parametrize("interruption", INTERRUPTIONS)
 def test_receive_interrupted_at_every_switch_point(interruption: Any) -> None:
     total = count_switches(receiving_scenario)
-    assert total >= 1
+    assert total >= 3
     for at in injection_points(total):
         connection, peer, operation = receiving_scenario()
         SwitchPoints(at, interruption).run(operation)
@@ -415,6 +436,7 @@ def closing_scenario() -> tuple[Connection, Peer, Callable[[], Any]]:
 
     def script(peer: Peer) -> Any:
         raw = peer.raw
+        raw.sock = SlowSocket(raw.sock)  # type: ignore[assignment]
         return read_all(raw)
 
     peer = Peer(theirs, script)

@@ -55,8 +55,9 @@ class Headers:
 
     def __getitem__(self, name: str) -> str:
         lower = name.lower()
+        size = len(lower)
         for key, value in self._items:
-            if key.lower() == lower:
+            if len(key) == size and key.lower() == lower:
                 return value
         raise KeyError(name)
 
@@ -70,13 +71,15 @@ class Headers:
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order (an empty list when absent)."""
         lower = name.lower()
-        return [value for key, value in self._items if key.lower() == lower]
+        size = len(lower)  # comparing lengths first skips most lower() calls
+        return [v for k, v in self._items if len(k) == size and k.lower() == lower]
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
         lower = name.lower()
-        return any(key.lower() == lower for key, _ in self._items)
+        size = len(lower)
+        return any(len(key) == size and key.lower() == lower for key, _ in self._items)
 
     def __iter__(self) -> Iterator[str]:
         """Distinct names, lower-cased, in order of first appearance."""

@@ -70,7 +70,7 @@ class TrustedProxies:
     Raises :class:`ValueError` naming an entry that is neither.
     """
 
-    __slots__ = ("everyone", "networks")
+    __slots__ = ("_known", "everyone", "networks")
 
     def __init__(self, spec: Union[str, Iterable[str]] = DEFAULT_FORWARDED_ALLOW_IPS) -> None:
         items = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -89,14 +89,23 @@ class TrustedProxies:
                 ) from None
         #: The trusted networks (a single address is a /32 or /128 network).
         self.networks = tuple(networks)
+        self._known: dict[str, bool] = {}  # recent answers: parsing an address costs
 
     def __contains__(self, host: object) -> bool:
         """Whether ``host`` (an IP address as a string) is trusted; anything that is not
         an IP address is not, unless every peer is."""
         if self.everyone:
             return True
-        ip = _ip(host) if isinstance(host, str) else None
-        return ip is not None and any(ip in network for network in self.networks)
+        if not isinstance(host, str):
+            return False
+        known = self._known.get(host)
+        if known is None:
+            ip = _ip(host)
+            known = ip is not None and any(ip in network for network in self.networks)
+            if len(self._known) >= 1024:
+                self._known.clear()
+            self._known[host] = known
+        return known
 
     def trusts_peer(self, peer: Optional[Address]) -> bool:
         """Whether the connection's peer is trusted. ``peer`` is a socket address

@@ -60,6 +60,19 @@ class Request:
     otherwise the socket's peer and whether the server itself speaks TLS.
     """
 
+    # Kept for the connection's whole life: slots keep it small (``__dict__`` still lets
+    # applications attach their own attributes); the parsed parts are computed on use.
+    __slots__ = (
+        "__dict__",
+        "_args",
+        "environ",
+        "headers",
+        "method",
+        "remote_address",
+        "scheme",
+        "target",
+    )
+
     def __init__(
         self,
         method: str,
@@ -76,12 +89,36 @@ class Request:
         self.headers = headers
         self.remote_address = remote_address
         self.environ = environ
-        split = urlsplit(target)
-        self.path = unquote(split.path)
-        self.query_string = split.query
-        self.args = MultiDict(parse_qsl(split.query, keep_blank_values=True))
-        self.subprotocols = parse_token_list_keep_case(headers.get_all("Sec-WebSocket-Protocol"))
-        self.extensions = headers.get_all("Sec-WebSocket-Extensions")
+        self._args: Optional[MultiDict] = None
+
+    @property
+    def path(self) -> str:
+        """The path, percent-decoded, without the query string."""
+        return unquote(urlsplit(self.target).path)
+
+    @property
+    def query_string(self) -> str:
+        """The query string as sent (without ``?``)."""
+        return urlsplit(self.target).query
+
+    @property
+    def args(self) -> MultiDict:
+        """The query parameters (:class:`MultiDict`)."""
+        args = self._args
+        if args is None:
+            query = urlsplit(self.target).query
+            args = self._args = MultiDict(parse_qsl(query, keep_blank_values=True))
+        return args
+
+    @property
+    def subprotocols(self) -> list[str]:
+        """The subprotocols the client offered, in its order."""
+        return parse_token_list_keep_case(self.headers.get_all("Sec-WebSocket-Protocol"))
+
+    @property
+    def extensions(self) -> list[str]:
+        """The raw ``Sec-WebSocket-Extensions`` values."""
+        return self.headers.get_all("Sec-WebSocket-Extensions")
 
     @property
     def origin(self) -> Optional[str]:

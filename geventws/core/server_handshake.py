@@ -79,7 +79,7 @@ class ServerHandshake:
     for an invalid ``Sec-WebSocket-Extensions``.
     """
 
-    __slots__ = ("_deflate", "key", "offered", "state", "supported")
+    __slots__ = ("_deflate", "key", "offered", "state", "status", "supported")
 
     def __init__(
         self,
@@ -103,6 +103,8 @@ class ServerHandshake:
         #: The subprotocols the server supports, in its order of preference.
         self.supported = tuple(subprotocols)
         self.state = HandshakeState.PENDING
+        #: The HTTP status answered (101 once accepted), ``None`` while pending.
+        self.status: Optional[int] = None
 
     def accept(
         self,
@@ -130,6 +132,7 @@ class ServerHandshake:
         protocol = Protocol(
             Side.SERVER, max_size=max_size, max_fragments=max_fragments, deflate=codec
         )
+        self.status = 101
         return Accepted(fields, serialize_response(101, fields), protocol, subprotocol, agreed)
 
     def reject(
@@ -144,6 +147,7 @@ class ServerHandshake:
         if not 300 <= status <= 599:
             raise ValueError("reject() needs a 3xx, 4xx or 5xx status")
         self._decide(HandshakeState.REJECTED, "reject")
+        self.status = status
         return rejection(status, body, headers)
 
     def _decide(self, state: HandshakeState, verb: str) -> None:
