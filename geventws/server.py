@@ -33,9 +33,11 @@ from .pubsub import Topics
 from .upgrade import Handler, UpgradePolicy, end_connection, log_refusal, run_handler
 
 if TYPE_CHECKING:
+    import ssl
+
     from typing_extensions import Unpack
 
-__all__ = ["WebSocketServer", "serve", "Handler"]
+__all__ = ["WebSocketServer", "serve", "serve_connection", "Handler"]
 
 logger = logging.getLogger("geventws.server")
 
@@ -123,87 +125,156 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
     # -- one connection ---------------------------------------------------------------
 
     def _serve_connection(self, sock: Any, address: Any) -> None:
-        started = time.monotonic()
-        connection: Optional[Connection] = None
-        try:
-            if sock.family in (_socket.AF_INET, _socket.AF_INET6):
-                sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-            if self.max_connections is not None and len(self.pool) > self.max_connections:
-                self._refuse_busy(sock, address)
-                return
-            connection = self._handshake(sock, address, started)
-            if connection is not None:
-                self.connections.add(connection)
-                run_handler(self.handler, connection, logger)
-        finally:
-            if connection is None:
-                sock.close()
-            else:
-                self.connections.discard(connection)
-                end_connection(connection, started)
-
-    def _refuse_busy(self, sock: Any, address: Any) -> None:
-        logger.warning(
-            "too many connections (%d): refusing %s with 503",
-            self.max_connections,
-            format_address(address),
+        serve_connection(
+            sock,
+            address,
+            self.handler,
+            self.policy,
+            handshake_timeout=self.handshake_timeout,
+            trusted_proxies=self.trusted_proxies,
+            proxy_headers=self.proxy_headers,
+            ssl_context=self.ssl_context,
+            max_connections=self.max_connections,
+            active=len(self.pool),
+            connections=self.connections,
         )
-        # Read the request first (briefly): answering before it arrived lets the
-        # client's request hit a closing socket, which resets the connection and loses
-        # the 503.
-        try:
-            with Deadline(1.0).timeout():
-                read_head(sock)
-        except (OSError, InvalidRequest, TimeoutError):
-            pass
-        answer = rejection(503, "Too many connections, retry later\n", [("Retry-After", "5")])
-        refuse(sock, answer, 1.0)
 
-    def _handshake(self, sock: Any, address: Any, started: float) -> Optional[Connection]:
-        """Read and validate the upgrade request; answer errors; return the connection
-        (not yet accepted), or ``None`` once a refused or missing request is dealt with
-        and the socket closed.
 
-        The TLS handshake, if any, and the request must both arrive within
-        ``handshake_timeout``; whatever goes wrong, every socket made here is closed
-        before this returns.
-        """
-        connection: Optional[Connection] = None
-        head: Optional[RequestHead] = None
-        deadline = Deadline(self.handshake_timeout, "handshake timed out")
-        try:
-            with deadline.timeout():
-                if self.ssl_context is not None:
-                    sock = start_tls(sock, self.ssl_context, server_side=True)
-                received = read_head(sock)
-            if received is None:
-                return None
-            raw_head, leftover = received
-            head = parse_request(raw_head)
-            client, scheme = resolve_client(
-                address,
-                head.headers,
-                self.trusted_proxies,
-                scheme="ws" if self.ssl_context is None else "wss",
-                proxy_headers=self.proxy_headers,
-            )
-            request = Request(head.method, head.target, head.headers, client, scheme=scheme)
-            connection = self.policy.open(sock, head, request, log=logger, leftover=leftover)
-            return connection
-        except TimeoutError:
-            logger.info("handshake timed out: %s", format_address(address))
+def serve_connection(
+    sock: Any,
+    address: Any,
+    handler: Handler,
+    policy: UpgradePolicy,
+    *,
+    handshake_timeout: float,
+    trusted_proxies: TrustedProxies,
+    proxy_headers: Optional[str],
+    ssl_context: Optional[ssl.SSLContext] = None,
+    max_connections: Optional[int] = None,
+    active: int = 1,
+    connections: Optional[set[Connection]] = None,
+) -> None:
+    """Serve one incoming connection from ``address`` on ``sock``, as
+    :class:`WebSocketServer` does for each connection it accepts (and
+    :class:`geventws.testing.TestClient` for each of its own).
+
+    Refuses it with 503 when ``active`` (the connections being served, this one
+    included) is over ``max_connections``; wraps it in TLS with ``ssl_context``; reads
+    the upgrade request within ``handshake_timeout``, with the client's address and
+    scheme resolved through ``trusted_proxies`` and ``proxy_headers``; answers a bad
+    request with its HTTP error; otherwise makes the connection with ``policy`` and
+    runs ``handler`` on it (:func:`~geventws.upgrade.run_handler`), the connection being
+    in ``connections`` meanwhile, and releases it
+    (:func:`~geventws.upgrade.end_connection`). Logs on ``geventws.server``.
+
+    Returns when the handler has returned and the connection is released; ``sock`` is
+    closed whatever happens, ``GreenletExit`` (a server stopping) included, which
+    propagates.
+    """
+    started = time.monotonic()
+    connection: Optional[Connection] = None
+    try:
+        if sock.family in (_socket.AF_INET, _socket.AF_INET6):
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        if max_connections is not None and active > max_connections:
+            _refuse_busy(sock, address, max_connections)
+            return
+        connection = _handshake(
+            sock,
+            address,
+            policy,
+            started=started,
+            handshake_timeout=handshake_timeout,
+            trusted_proxies=trusted_proxies,
+            proxy_headers=proxy_headers,
+            ssl_context=ssl_context,
+        )
+        if connection is not None:
+            if connections is not None:
+                connections.add(connection)
+            run_handler(handler, connection, logger)
+    finally:
+        if connection is None:
+            sock.close()
+        else:
+            if connections is not None:
+                connections.discard(connection)
+            end_connection(connection, started)
+
+
+def _refuse_busy(sock: Any, address: Any, max_connections: int) -> None:
+    logger.warning(
+        "too many connections (%d): refusing %s with 503",
+        max_connections,
+        format_address(address),
+    )
+    # Read the request first (briefly): answering before it arrived lets the
+    # client's request hit a closing socket, which resets the connection and loses
+    # the 503.
+    try:
+        with Deadline(1.0).timeout():
+            read_head(sock)
+    except (OSError, InvalidRequest, TimeoutError):
+        pass
+    answer = rejection(503, "Too many connections, retry later\n", [("Retry-After", "5")])
+    refuse(sock, answer, 1.0)
+
+
+def _handshake(
+    sock: Any,
+    address: Any,
+    policy: UpgradePolicy,
+    *,
+    started: float,
+    handshake_timeout: float,
+    trusted_proxies: TrustedProxies,
+    proxy_headers: Optional[str],
+    ssl_context: Optional[ssl.SSLContext],
+) -> Optional[Connection]:
+    """Read and validate the upgrade request; answer errors; return the connection
+    (not yet accepted), or ``None`` once a refused or missing request is dealt with
+    and the socket closed.
+
+    The TLS handshake, if any, and the request must both arrive within
+    ``handshake_timeout``; whatever goes wrong, every socket made here is closed
+    before this returns.
+    """
+    connection: Optional[Connection] = None
+    head: Optional[RequestHead] = None
+    deadline = Deadline(handshake_timeout, "handshake timed out")
+    try:
+        with deadline.timeout():
+            if ssl_context is not None:
+                sock = start_tls(sock, ssl_context, server_side=True)
+            received = read_head(sock)
+        if received is None:
             return None
-        except InvalidRequest as exc:
-            log_refusal(address, exc, started, head)
-            answer = rejection(exc.status, exc.message + "\n", exc.headers)
-            refuse(sock, answer, self.close_timeout)
-            return None
-        except OSError as exc:  # includes ssl.SSLError
-            logger.debug("handshake aborted: %s %s", format_address(address), exc)
-            return None
-        finally:
-            if connection is None:
-                sock.close()
+        raw_head, leftover = received
+        head = parse_request(raw_head)
+        client, scheme = resolve_client(
+            address,
+            head.headers,
+            trusted_proxies,
+            scheme="ws" if ssl_context is None else "wss",
+            proxy_headers=proxy_headers,
+        )
+        request = Request(head.method, head.target, head.headers, client, scheme=scheme)
+        connection = policy.open(sock, head, request, log=logger, leftover=leftover)
+        return connection
+    except TimeoutError:
+        logger.info("handshake timed out: %s", format_address(address))
+        return None
+    except InvalidRequest as exc:
+        log_refusal(address, exc, started, head)
+        answer = rejection(exc.status, exc.message + "\n", exc.headers)
+        refuse(sock, answer, policy.settings.close_timeout)
+        return None
+    except OSError as exc:  # includes ssl.SSLError
+        logger.debug("handshake aborted: %s %s", format_address(address), exc)
+        return None
+    finally:
+        if connection is None:
+            sock.close()
 
 
 def serve(

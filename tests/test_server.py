@@ -1,7 +1,9 @@
 """The server and the blocking connection, against independent clients on loopback.
 
 Clients: websockets' sync client, websocket-client, requests and raw sockets. Handlers
-run in the server's thread and report through thread-safe queues.
+run in the server's thread and report through thread-safe queues. Tests of the handler's
+own API, which need no independent peer, use :class:`geventws.testing.TestClient`
+(the handler on the test's hub, reporting through plain lists).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from geventws import (
     Request,
 )
 from geventws.examples.echo import handle as echo
+from geventws.testing import TestClient
 
 from .utils import RawClient, ThrowawayCA, client_frame, wait_for
 
@@ -107,8 +110,8 @@ def test_reject_answers_http_status_and_never_upgrades(serve: Any) -> None:
         assert ws.recv() == "welcome"
 
 
-def test_accept_and_reject_at_the_wrong_time_raise(serve: Any) -> None:
-    errors: queue.Queue[str] = queue.Queue()
+def test_accept_and_reject_at_the_wrong_time_raise() -> None:
+    errors: list[str] = []
 
     def handler(connection: Connection, request: Request) -> None:
         connection.accept(headers={"X-Extra": "1"})
@@ -116,14 +119,13 @@ def test_accept_and_reject_at_the_wrong_time_raise(serve: Any) -> None:
             try:
                 call()
             except InvalidState as exc:
-                errors.put(str(exc))
+                errors.append(str(exc))
         connection.send("done")
 
-    server = serve(handler)
-    with connect(server.url) as ws:
-        assert ws.response.headers["X-Extra"] == "1"
-        assert ws.recv() == "done"
-    assert [errors.get(timeout=5), errors.get(timeout=5)] == [
+    with TestClient(handler) as client, client.connect() as ws:
+        assert ws.response_headers["X-Extra"] == "1"
+        assert ws.receive(timeout=5) == "done"
+    assert errors == [
         "cannot accept: handshake already accepted",
         "cannot reject: handshake already accepted",
     ]
@@ -210,39 +212,35 @@ def test_handler_exception_before_handshake_answers_500(serve: Any) -> None:
     assert info.value.response.status_code == 500
 
 
-def test_receive_timeout_leaves_connection_usable(serve: Any) -> None:
-    results: queue.Queue[Any] = queue.Queue()
+def test_receive_timeout_leaves_connection_usable() -> None:
+    results: list[Any] = []
 
     def handler(connection: Connection, request: Request) -> None:
         try:
             connection.receive(timeout=0.05)
         except TimeoutError as exc:
-            results.put(type(exc))
+            results.append(type(exc))
         connection.send("ready")
-        results.put(connection.receive(timeout=10))
+        results.append(connection.receive(timeout=10))
 
-    server = serve(handler)
-    with connect(server.url) as ws:
-        assert ws.recv() == "ready"
+    with TestClient(handler) as client, client.connect() as ws:
+        assert ws.receive(timeout=5) == "ready"
         ws.send("late")
-    assert results.get(timeout=5) is TimeoutError
-    assert results.get(timeout=5) == "late"
+    assert results == [TimeoutError, "late"]
 
 
-def test_iteration_ends_quietly_on_normal_close(serve: Any) -> None:
-    results: queue.Queue[Any] = queue.Queue()
+def test_iteration_ends_quietly_on_normal_close() -> None:
+    results: list[Any] = []
 
     def handler(connection: Connection, request: Request) -> None:
-        results.put(list(connection))
-        results.put((connection.close_code, connection.close_reason, connection.closed))
+        results.append(list(connection))
+        results.append((connection.close_code, connection.close_reason, connection.closed))
 
-    server = serve(handler)
-    with connect(server.url) as ws:
+    with TestClient(handler) as client, client.connect() as ws:
         ws.send("a")
-        ws.send(b"b")
+        ws.send(b"b", binary=True)
         ws.close(1001, "leaving")
-    assert results.get(timeout=5) == ["a", b"b"]
-    assert results.get(timeout=5) == (1001, "leaving", True)
+    assert results == [["a", b"b"], (1001, "leaving", True)]
 
 
 def test_iteration_raises_on_abnormal_close(serve: Any) -> None:
@@ -264,8 +262,8 @@ def test_iteration_raises_on_abnormal_close(serve: Any) -> None:
     assert results.get(timeout=5) == 1006
 
 
-def test_receive_after_close_raises_connection_closed_ok(serve: Any) -> None:
-    results: queue.Queue[Any] = queue.Queue()
+def test_receive_after_close_raises_connection_closed_ok() -> None:
+    results: list[Any] = []
 
     def handler(connection: Connection, request: Request) -> None:
         for _ in connection:
@@ -274,12 +272,11 @@ def test_receive_after_close_raises_connection_closed_ok(serve: Any) -> None:
             try:
                 call()
             except ConnectionClosedOK as exc:
-                results.put(exc.code)
+                results.append(exc.code)
 
-    server = serve(handler)
-    with connect(server.url) as ws:
+    with TestClient(handler) as client, client.connect() as ws:
         ws.send("x")
-    assert [results.get(timeout=5), results.get(timeout=5)] == [1000, 1000]
+    assert results == [1000, 1000]
 
 
 def test_max_size_closes_1009(serve: Any) -> None:
@@ -562,13 +559,13 @@ def test_client_vanishing_during_handshake_is_quiet(serve: Any, caplog: Any) -> 
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def test_applications_may_attach_attributes_to_connections(serve: Any) -> None:
-    seen: queue.Queue[Any] = queue.Queue()
+def test_applications_may_attach_attributes_to_connections() -> None:
+    seen: list[Any] = []
 
     def handler(connection: Connection, request: Request) -> None:
         connection.user = request.args.get("user")  # type: ignore[attr-defined]
-        seen.put(connection.user)  # type: ignore[attr-defined]
+        seen.append(connection.user)  # type: ignore[attr-defined]
 
-    server = serve(handler)
-    with connect(server.url + "/?user=ann"):
-        assert seen.get(timeout=10) == "ann"
+    with TestClient(handler) as client, client.connect("/?user=ann"):
+        pass
+    assert seen == ["ann"]
