@@ -9,8 +9,7 @@ from typing import Any
 
 from geventws import Connection, Request
 
-from .browser import chromium, devtools_tabs
-from .test_examples import chat_server  # noqa: F401 - the fixture
+from .browser import chromium
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>geventws compression</title>
 <script>
@@ -66,27 +65,3 @@ def test_chromium_negotiates_permessage_deflate(serve: Any, tmp_path: Path) -> N
         json.dumps({"binary": 80000, "ok": True}, sort_keys=True),
         json.dumps({"ok": True, "text": len("from geventws, κόσμε. " * 3000)}, sort_keys=True),
     ]
-
-
-def test_chat_demo_between_two_tabs(chat_server: Any, tmp_path: Path) -> None:  # noqa: F811
-    """A person's view of the demo: two tabs, a message typed in one appears in the
-    other."""
-    _, port, _ = chat_server
-    urls = [f"http://127.0.0.1:{port}/?name={name}" for name in ("ann", "bob")]
-    with chromium(urls[0], tmp_path / "profile", devtools=True):
-        ann, bob = devtools_tabs(tmp_path / "profile", urls[1])
-        try:
-            for tab in (ann, bob):
-                status = "document.getElementById('status').textContent"
-                assert tab.wait_for(f"{status} === 'connected'")
-            assert bob.wait_for("document.getElementById('log').textContent.includes('2 here')")
-            ann.evaluate(
-                "document.getElementById('text').value = 'hello from ann';"
-                "document.getElementById('form').requestSubmit(); true"
-            )
-            log = "document.getElementById('log').textContent"
-            assert bob.wait_for(f"{log}.includes('ann: hello from ann')"), bob.evaluate(log)
-            assert ann.wait_for(f"{log}.includes('ann: hello from ann')"), ann.evaluate(log)
-        finally:
-            ann.close()
-            bob.close()

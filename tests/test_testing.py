@@ -556,13 +556,21 @@ def chat_client() -> Iterator[TestClient]:
 
 def test_testclient_fixture_two_chatters(chat_client: TestClient) -> None:
     with chat_client.connect("/chat?name=ann") as ann:
-        assert json.loads(ann.receive(timeout=5)) == {"type": "join", "name": "ann", "present": 1}
+        welcome = json.loads(ann.receive(timeout=5))
+        assert (welcome["type"], welcome["name"], welcome["room"]) == ("welcome", "ann", "lobby")
         with chat_client.connect("/chat?name=bob") as bob:
-            assert json.loads(ann.receive(timeout=5))["name"] == "bob"
-            assert json.loads(bob.receive(timeout=5))["present"] == 2
+            bob_id = json.loads(bob.receive(timeout=5))["id"]
+            joined = json.loads(ann.receive(timeout=5))
+            assert (joined["type"], joined["name"], joined["id"]) == ("join", "bob", bob_id)
             bob.send("hello ann")
-            for ws in (ann, bob):
+            for ws in (ann, bob):  # the sender gets its own copy too
                 event = json.loads(ws.receive(timeout=5))
-                assert event == {"type": "message", "name": "bob", "text": "hello ann"}
-        assert json.loads(ann.receive(timeout=5)) == {"type": "leave", "name": "bob", "present": 1}
-    assert chat.ROOM == set()
+                assert event == {
+                    "type": "message",
+                    "id": bob_id,
+                    "name": "bob",
+                    "text": "hello ann",
+                }
+        left = json.loads(ann.receive(timeout=5))
+        assert (left["type"], left["name"]) == ("leave", "bob")
+    assert chat_client.topics.topics == frozenset()  # everyone left the room's topic
