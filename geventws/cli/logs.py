@@ -7,8 +7,8 @@ Without ``--log-config``: :func:`logging.basicConfig` on the root logger at
 loggers, which exist by then, keep logging), any other file is an
 :func:`logging.config.fileConfig` INI file;
 ``--log-level``, when given too, sets the root logger's level. ``--no-access-log``
-then disables the ``geventws.access`` logger (one line per connection, and per HTTP
-request with ``--wsgi``).
+then disables the ``geventws.access`` logger (one line per connection; with ``--wsgi``
+the server also leaves out gevent.pywsgi's line per HTTP request).
 """
 
 from __future__ import annotations

@@ -344,8 +344,8 @@ def _add_serve(commands: Any) -> None:
         "--access-log",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="log a line per connection and per HTTP request on the geventws.access "
-        "logger (default: on)",
+        help="log a line per connection on the geventws.access logger, and with --wsgi "
+        "one per HTTP request on geventws.http (default: on)",
     )
     dev = serve.add_argument_group("development")
     dev.add_argument(

@@ -251,8 +251,9 @@ def _wsgi_server(
     listener: Any,
 ) -> tuple[Any, Callable[[float], None]]:
     """``--wsgi``: a gevent.pywsgi server for ``app`` with the handler beside it (every
-    request head read under ``--handshake-timeout``), and its graceful stop
-    (WebSocket connections closed with 1001 first)."""
+    request head read under ``--handshake-timeout``; pywsgi's access line for each
+    HTTP request on ``geventws.http``, none with ``--no-access-log``), and its graceful
+    stop (WebSocket connections closed with 1001 first)."""
     from gevent.pool import Pool
     from gevent.pywsgi import WSGIServer
 
@@ -274,6 +275,11 @@ def _wsgi_server(
     class Handler(RequestDeadlineHandler):
         handshake_timeout = values["handshake_timeout"]
 
+        def log_request(self) -> None:
+            # A WebSocket has its own access line, when it ends.
+            if getattr(self, "code", None) != 101:
+                super().log_request()
+
     kwargs: dict[str, Any] = {}
     if ssl_context is not None:
         # The TLS handshake then happens on the first read, under the request deadline.
@@ -286,7 +292,7 @@ def _wsgi_server(
         listener,
         proxied,
         handler_class=Handler,
-        log=logging.getLogger(logs.ACCESS_LOGGER) if args.access_log else None,
+        log=logging.getLogger("geventws.http") if args.access_log else None,
         error_log=logging.getLogger("geventws.http"),
         **kwargs,
     )
