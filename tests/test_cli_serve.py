@@ -372,6 +372,22 @@ def test_no_access_log_disables_geventws_access(cli: Any, tmp_path: Path) -> Non
     assert "listening on" in off.output()  # the rest still logs
 
 
+def test_no_access_log_drops_the_connection_lines(cli: Any) -> None:
+    """The connections' own access lines (``geventws.access``, since main's b5af0ea)."""
+    on = cli("serve", ECHO, "--port", "0")
+    off = cli("serve", ECHO, "--port", "0", "--no-access-log")
+    for served in (on, off):
+        with connect(f"ws://127.0.0.1:{served.port}/path") as ws:
+            ws.send("x")
+            assert ws.recv(timeout=10) == "x"
+        served.process.send_signal(signal.SIGTERM)
+        assert served.wait() == 0
+    assert re.search(
+        r"INFO geventws\.access: 127\.0\.0\.1:\d+ GET /path 101 close=1000 ", on.output()
+    )
+    assert "/path" not in off.output(), off.output()
+
+
 WSGI_APP = """
 def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
