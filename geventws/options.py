@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Se
 
 from .core.assembler import DEFAULT_MAX_FRAGMENTS
 from .core.deflate import DeflateOptions, deflate_options
+from .core.proxy import TrustedProxies
 
 if TYPE_CHECKING:
     import ssl
@@ -163,6 +164,20 @@ def _bounded(low: int, high: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _header(text: str) -> tuple[str, str]:
+    """A request header field given as ``'Name: value'``."""
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise ValueError(f"expected 'Name: value': {text!r}")
+    return name.strip(), value.strip()
+
+
+def _forwarded_allow_ips(text: str) -> str:
+    """Comma-separated addresses and networks, or ``*``: checked, kept as given."""
+    TrustedProxies(text)  # raises ValueError naming the bad entry
+    return text
 
 
 def _origin(text: str) -> Optional[str]:
@@ -363,7 +378,8 @@ OPTIONS: tuple[Option, ...] = (
         "float",
         10.0,
         "Seconds a client has to complete the TLS handshake and send its whole upgrade "
-        "request; slower clients are dropped.",
+        "request; slower clients are dropped. Under ``geventws serve --wsgi`` and the "
+        "gunicorn worker, it bounds every request head and idle keep-alive too.",
         "server",
         Cli(_positive_seconds, "SECONDS"),
     ),
@@ -394,7 +410,7 @@ OPTIONS: tuple[Option, ...] = (
         "anyone else are ignored. On the command line the default is "
         "``$FORWARDED_ALLOW_IPS`` when set, as with uvicorn and gunicorn.",
         "server",
-        Cli(str, "IPS", env="FORWARDED_ALLOW_IPS"),
+        Cli(_forwarded_allow_ips, "IPS", env="FORWARDED_ALLOW_IPS"),
     ),
     Option(
         "proxy_headers",
@@ -422,7 +438,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Header fields added to the upgrade request.",
         "client",
-        Cli(None, "'NAME: VALUE'", flag="--header", repeatable=True),
+        Cli(_header, "'NAME: VALUE'", flag="--header", repeatable=True),
     ),
     Option(
         "origin",

@@ -27,8 +27,9 @@ application code. It binds the port, forks the workers and watches them:
   supervisor dies (they watch a pipe whose other end only the supervisor holds).
 
 Logs (logger ``geventws.supervisor``): one line per worker started and per worker
-exited with its pid and exit status, and one ``listening on HOST:PORT`` line once all
-the workers are ready. Needs ``os.fork`` (POSIX).
+exited with its pid and exit status, and one ``listening on ws://HOST:PORT (N workers,
+SO_REUSEPORT; Press CTRL+C to quit)`` line once all the workers are ready. Needs
+``os.fork`` (POSIX).
 """
 
 from __future__ import annotations
@@ -222,7 +223,8 @@ class Supervisor:
     :class:`Worker`. ``close_timeout`` is the workers' graceful-stop time, which the
     supervisor waits (plus 5 s) before it kills them. ``broker`` is the URL of the
     publish/subscribe broker the workers use, for the startup warning only: without
-    one, topics stay per process. ``reuse_port`` chooses between a socket per worker
+    one, topics stay per process. ``scheme`` (``ws`` or ``wss``) is for the startup
+    line. ``reuse_port`` chooses between a socket per worker
     (``SO_REUSEPORT``) and one shared socket; the default is
     :func:`reuse_port_balances`. ``backlog`` is each listening socket's.
 
@@ -238,6 +240,7 @@ class Supervisor:
         port: int = 8000,
         close_timeout: float = 10.0,
         broker: Optional[str] = None,
+        scheme: str = "ws",
         reuse_port: Optional[bool] = None,
         backlog: int = 128,
     ) -> None:
@@ -249,6 +252,7 @@ class Supervisor:
         self.port = port
         self.close_timeout = close_timeout
         self.broker = broker
+        self.scheme = scheme
         self.reuse_port = reuse_port_balances() if reuse_port is None else reuse_port
         self.backlog = backlog
         #: The bound address (its real port once :meth:`bind` returned).
@@ -474,7 +478,8 @@ class Supervisor:
         if not self._booted and sum(c.ready for c in self._children.values()) >= self.workers:
             self._booted = True
             logger.info(
-                "listening on %s (%d workers, %s)",
+                "listening on %s://%s (%d workers, %s; Press CTRL+C to quit)",
+                self.scheme,
                 _format_address(self.address),
                 self.workers,
                 "SO_REUSEPORT" if self.reuse_port else "one shared socket",

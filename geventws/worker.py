@@ -16,6 +16,14 @@ Behind a reverse proxy, gunicorn's own ``--forwarded-allow-ips`` setting (defaul
 (``request.remote_address``, ``request.scheme``), the WSGI application and gunicorn's
 access log all see the client. (gunicorn's other workers only set ``wsgi.url_scheme``.)
 
+Every request line and headers must arrive within :attr:`GeventWebSocketWorker.handshake_timeout`
+seconds (10; subclass the worker to change it), counted from the moment the worker waits
+for them, on a new connection and between requests on a keep-alive one: slow clients
+(slowloris) and idle keep-alive connections are closed (see
+:class:`geventws.wsgi.RequestDeadlineHandler`). With TLS, the TLS handshake happens on
+the first read (gunicorn's ``do_handshake_on_connect`` default), so under that deadline
+too, rather than at accept with no deadline.
+
 On SIGTERM (a graceful stop or restart) every WebSocket connection is closed with 1001
 "going away" at once, so handlers finish well within gunicorn's ``graceful_timeout``
 instead of being killed with it.
@@ -30,7 +38,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import gevent
-from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler
+from gunicorn.workers.ggevent import GeventPyWSGIWorker, PyWSGIHandler, PyWSGIServer
 
 from .core.proxy import TrustedProxies, apply_to_environ
 from .wsgi import WebSocketHandler, shutdown
@@ -50,16 +58,31 @@ class _Handler(WebSocketHandler, PyWSGIHandler):  # type: ignore[misc]
         return environ
 
 
+class _Server(PyWSGIServer):  # type: ignore[misc]
+    """gunicorn's server, with the TLS handshake on the first read (under the
+    handler's request deadline) instead of at accept, where nothing bounds it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if "ssl_context" in kwargs:
+            kwargs.setdefault("do_handshake_on_connect", False)
+        super().__init__(*args, **kwargs)
+
+
 class GeventWebSocketWorker(GeventPyWSGIWorker):  # type: ignore[misc]
     """gunicorn's ``gevent_pywsgi`` worker with WebSocket support (see the module)."""
 
+    server_class = _Server
     wsgi_handler = _Handler
+    #: Seconds a client has for each request line and headers (TLS handshake included).
+    handshake_timeout: ClassVar[float] = 10.0
 
     def init_process(self) -> None:
         trusted = TrustedProxies(self.cfg.forwarded_allow_ips)
+        timeout = self.handshake_timeout
 
         class Handler(_Handler):
             trusted_proxies = trusted
+            handshake_timeout = timeout
 
         self.wsgi_handler = Handler
         super().init_process()

@@ -337,7 +337,8 @@ def serve_chat_on(port: int, log: Path) -> subprocess.Popen[bytes]:
     if (
         not wait_for(
             lambda: (
-                f"listening on 127.0.0.1:{port}" in log.read_text() or process.poll() is not None
+                f"listening on ws://127.0.0.1:{port} " in log.read_text()
+                or process.poll() is not None
             ),
             timeout=30,
         )

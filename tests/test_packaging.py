@@ -24,7 +24,7 @@ import pytest
 import requests
 from websockets.sync.client import connect
 
-from .utils import wait_for
+from .utils import LISTENING, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -234,7 +234,7 @@ def test_packaging_sdist_carries_tests_docs_and_license(dists: Dists) -> None:
 def test_packaging_pip_install_geventws_serves(dists: Dists, run: Callable[..., Process]) -> None:
     venv = dists.venvs["plain"].ready()
     server = run(venv.bin("geventws"), "serve", "geventws.examples.echo:handle", "--port", "0")
-    port = server.port(r"listening on 127\.0\.0\.1:(\d+)")
+    port = server.port(LISTENING.pattern)
     echo(f"ws://127.0.0.1:{port}/")
     # The extras stay extras.
     check = subprocess.run([venv.bin("python"), "-c", "import gunicorn"], check=False)

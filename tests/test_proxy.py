@@ -452,7 +452,10 @@ def test_proxy_cli_invalid_setting_is_a_one_line_error(app_dir: Path) -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert "geventws: error: forwarded_allow_ips: 'proxy.local'" in result.stderr
+    assert result.stderr == (
+        "geventws serve: error: argument --forwarded-allow-ips: 'proxy.local' is not an IP "
+        "address, a network or '*'\n"
+    )
 
 
 def test_proxy_cli_wsgi_app_and_handler_see_the_client(app_dir: Path, processes: list[Any]) -> None:

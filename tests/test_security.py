@@ -336,11 +336,6 @@ def test_one_byte_fragments_cost_their_bytes(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="geventws serve has no --max-fragments flag: cli.py declares its flags by hand, "
-    "while options.py and docs/options.rst promise --max-fragments N",
-)
 def test_serve_command_takes_max_fragments(run_serve: Callable[..., tuple[int, int]]) -> None:
     """``geventws serve --max-fragments 3``: a message in 3 frames is echoed, one in 4
     closes with 1009."""

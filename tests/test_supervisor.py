@@ -27,7 +27,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from geventws.supervisor import Supervisor, reuse_port_balances
 
-from .utils import wait_for
+from .utils import LISTENING, wait_for
 
 MODULES = {
     # Sends the worker's pid, then echoes.
@@ -119,8 +119,6 @@ MODULES = {
             sys.exit(supervisor.run())
     """,
 }
-
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 
 
 class Served:
@@ -267,7 +265,9 @@ def test_one_worker_is_todays_single_process(start: Any) -> None:
 def test_workers_must_be_positive(start: Any) -> None:
     served = start("pids:handle", "--workers", "0", wait=False)
     assert served.wait() == 2
-    assert "--workers: use 1 or more" in served.output()
+    assert served.output() == (
+        "geventws serve: error: argument --workers: expected a whole number, 1 or more: '0'\n"
+    )
 
 
 def test_a_killed_worker_is_replaced(start: Any) -> None:
@@ -446,7 +446,7 @@ def test_wsgi_app_and_handler_in_every_worker(start: Any) -> None:
 
 def test_shared_socket_when_so_reuseport_is_not_used(start: Any) -> None:
     served = start(command=[sys.executable, "shared.py"])
-    assert "(2 workers, one shared socket)" in served.output()
+    assert "(2 workers, one shared socket; Press CTRL+C to quit)" in served.output()
     ws, pid = served.connect()
     # A stopped worker accepts nothing: the other one takes every connection from the
     # socket they share.

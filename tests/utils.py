@@ -265,6 +265,11 @@ def print_err(*args: Any) -> None:
     print(*args, file=sys.stderr)
 
 
+#: The startup line of ``geventws serve`` (and of its supervisor and reloader): the port
+#: on loopback, ``ws://`` or ``wss://``.
+LISTENING = re.compile(r"listening on wss?://(?:127\.0\.0\.1|\[::1\]):(\d+)")
+
+
 def start_serve_command(args: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
     """Start ``geventws serve ARGS --port 0`` with its log in ``log_path`` (a file, not
     a pipe: nobody has to drain it); return the process and the port it listens on."""
@@ -278,7 +283,7 @@ def start_serve_command(args: list[str], log_path: Path) -> tuple[subprocess.Pop
 
     def listening() -> bool:
         nonlocal port
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", log_path.read_text())
+        match = LISTENING.search(log_path.read_text())
         port = int(match.group(1)) if match else 0
         return bool(port) or process.poll() is not None
 
