@@ -21,14 +21,26 @@ Scopes say where an option applies:
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
+from ._values import (
+    parse_bounded,
+    parse_compression,
+    parse_count,
+    parse_forwarded_allow_ips,
+    parse_header,
+    parse_max_queue,
+    parse_optional_count,
+    parse_origin,
+    parse_positive,
+    parse_positive_seconds,
+    parse_proxy_headers,
+    parse_seconds,
+    parse_size,
+)
 from .core.assembler import DEFAULT_MAX_FRAGMENTS
 from .core.deflate import DeflateOptions, deflate_options
-from .core.proxy import TrustedProxies
 
 if TYPE_CHECKING:
     import ssl
@@ -59,141 +71,6 @@ API_SCOPES: dict[str, frozenset[str]] = {
     "middleware": frozenset({"connection", "upgrade"}),
     "client": frozenset({"connection", "client"}),
 }
-
-
-# -- parsers of command-line values ------------------------------------------------------
-
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?", re.IGNORECASE)
-_FACTORS = {
-    None: 1,
-    "b": 1,
-    "k": 2**10,
-    "kb": 10**3,
-    "kib": 2**10,
-    "m": 2**20,
-    "mb": 10**6,
-    "mib": 2**20,
-    "g": 2**30,
-    "gb": 10**9,
-    "gib": 2**30,
-}
-
-
-def parse_size(text: str) -> Optional[int]:
-    """A size in bytes: ``1048576``, ``64KiB``, ``16MiB``, ``1MB``; ``none`` for no
-    limit. Raises :class:`ValueError` with a message naming the accepted forms."""
-    value = text.strip()
-    if value.lower() in ("none", "unlimited"):
-        return None
-    match = _SIZE.fullmatch(value)
-    if match is None:
-        raise ValueError(f"expected a size such as 1048576, 64KiB or 16MiB, or none: {text!r}")
-    unit = match.group(2).lower() if match.group(2) else None
-    return int(float(match.group(1)) * _FACTORS[unit])
-
-
-def parse_seconds(text: str) -> Optional[float]:
-    """Seconds (``2.5``), or ``none``/``off``. Raises :class:`ValueError`."""
-    value = text.strip().lower()
-    if value in ("none", "off"):
-        return None
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"expected a number of seconds (0 or more) or none: {text!r}")
-    return seconds
-
-
-def _positive_seconds(text: str) -> float:
-    seconds = parse_seconds(text)
-    if seconds is None:
-        raise ValueError(f"expected a number of seconds: {text!r}")
-    return seconds
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError(f"expected a whole number, 0 or more: {text!r}")
-    return value
-
-
-def _optional_count(text: str) -> Optional[int]:
-    if text.strip().lower() in ("none", "unlimited"):
-        return None
-    value = _count(text)
-    return value if value else None
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"expected a whole number, 1 or more: {text!r}")
-    return value
-
-
-def _max_queue(text: str) -> Union[int, tuple[int, int]]:
-    high, sep, low = text.partition(",")
-    if not sep:
-        return _positive(high)
-    return _positive(high), _count(low)
-
-
-def _compression(text: str) -> Optional[str]:
-    value = text.strip().lower()
-    if value in ("none", "off"):
-        return None
-    if value != "deflate":
-        raise ValueError(f"expected deflate or none: {text!r}")
-    return value
-
-
-def _proxy_headers(text: str) -> Optional[str]:
-    value = text.strip().lower()
-    if value in ("none", "off"):
-        return None
-    if value not in ("x-forwarded", "forwarded"):
-        raise ValueError(f"expected x-forwarded, forwarded or none: {text!r}")
-    return value
-
-
-def _bounded(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise ValueError(f"expected a whole number from {low} to {high}: {text!r}")
-        return value
-
-    return parse
-
-
-def _header(text: str) -> tuple[str, str]:
-    """A request header field given as ``'Name: value'``."""
-    name, sep, value = text.partition(":")
-    if not sep or not name.strip():
-        raise ValueError(f"expected 'Name: value': {text!r}")
-    return name.strip(), value.strip()
-
-
-def _forwarded_allow_ips(text: str) -> str:
-    """Comma-separated addresses and networks, or ``*``: checked, kept as given."""
-    TrustedProxies(text)  # raises ValueError naming the bad entry
-    return text
-
-
-def _origin(text: str) -> Optional[str]:
-    """An allowed ``Origin``: ``scheme://host[:port]`` as browsers send it, or
-    ``none`` for clients that send none."""
-    value = text.strip()
-    if value.lower() == "none":
-        return None
-    if value == "null":
-        return value
-    if not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#\s]+", value):
-        raise ValueError(
-            f"an origin is scheme://host[:port] as browsers send it (such as "
-            f"https://example.com), or none: {text!r}"
-        )
-    return value
 
 
 # -- the table -------------------------------------------------------------------------
@@ -250,7 +127,7 @@ OPTIONS: tuple[Option, ...] = (
         "The most frames one message may come in; the next one closes with 1009. "
         "``None``: no limit.",
         "connection",
-        Cli(_optional_count, "N"),
+        Cli(parse_optional_count, "N"),
     ),
     Option(
         "max_queue",
@@ -260,7 +137,7 @@ OPTIONS: tuple[Option, ...] = (
         "(TCP then pushes back on the peer); reading resumes at a quarter of it, or give "
         "``(high, low)`` (``HIGH,LOW`` on the command line).",
         "connection",
-        Cli(_max_queue, "N"),
+        Cli(parse_max_queue, "N"),
     ),
     Option(
         "close_timeout",
@@ -269,7 +146,7 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds for the closing handshake and the end of TCP after it: ``close()`` "
         "returns within it; also the time a graceful stop gives handlers.",
         "connection",
-        Cli(_positive_seconds, "SECONDS"),
+        Cli(parse_positive_seconds, "SECONDS"),
     ),
     Option(
         "ping_interval",
@@ -303,7 +180,7 @@ OPTIONS: tuple[Option, ...] = (
         "deflate",
         "``'deflate'`` negotiates permessage-deflate (RFC 7692); ``None`` turns compression off.",
         "connection",
-        Cli(_compression, "deflate|none"),
+        Cli(parse_compression, "deflate|none"),
     ),
     Option(
         "compression_window_bits",
@@ -312,7 +189,7 @@ OPTIONS: tuple[Option, ...] = (
         "zlib's LZ77 window for compressing, as a power of two (9-15; 12 is 4 KiB); a "
         "server also asks clients to compress with it when they let it.",
         "connection",
-        Cli(_bounded(9, 15), "9-15"),
+        Cli(parse_bounded(9, 15), "9-15"),
     ),
     Option(
         "compression_mem_level",
@@ -321,7 +198,7 @@ OPTIONS: tuple[Option, ...] = (
         "zlib's memory level for compressing (1-9): smaller uses less memory per "
         "connection and compresses less.",
         "connection",
-        Cli(_bounded(1, 9), "1-9"),
+        Cli(parse_bounded(1, 9), "1-9"),
     ),
     Option(
         "compression_threshold",
@@ -329,7 +206,7 @@ OPTIONS: tuple[Option, ...] = (
         128,
         "Messages shorter than this many bytes are sent uncompressed.",
         "connection",
-        Cli(_count, "BYTES"),
+        Cli(parse_count, "BYTES"),
     ),
     Option(
         "compression_level",
@@ -338,7 +215,7 @@ OPTIONS: tuple[Option, ...] = (
         "zlib's compression level, 0-9 (-1: zlib's default, 6). Lower is faster with "
         "less compression.",
         "connection",
-        Cli(_bounded(-1, 9), "0-9"),
+        Cli(parse_bounded(-1, 9), "0-9"),
     ),
     # -- servers deciding upgrades
     Option(
@@ -349,7 +226,7 @@ OPTIONS: tuple[Option, ...] = (
         "403 before the handler runs. Include ``None`` to allow clients that send no "
         "``Origin`` (non-browsers). ``None``: every origin is allowed.",
         "upgrade",
-        Cli(_origin, "ORIGIN", flag="--origin", repeatable=True),
+        Cli(parse_origin, "ORIGIN", flag="--origin", repeatable=True),
     ),
     Option(
         "subprotocols",
@@ -381,7 +258,7 @@ OPTIONS: tuple[Option, ...] = (
         "request; slower clients are dropped. Under ``geventws serve --wsgi`` and the "
         "gunicorn worker, it bounds every request head and idle keep-alive too.",
         "server",
-        Cli(_positive_seconds, "SECONDS"),
+        Cli(parse_positive_seconds, "SECONDS"),
     ),
     Option(
         "max_connections",
@@ -390,7 +267,7 @@ OPTIONS: tuple[Option, ...] = (
         "Connections served at once (handshakes included); beyond it new clients get "
         "HTTP 503 with ``Retry-After``. ``None``: no limit.",
         "server",
-        Cli(_optional_count, "N"),
+        Cli(parse_optional_count, "N"),
     ),
     Option(
         "ssl_context",
@@ -410,7 +287,7 @@ OPTIONS: tuple[Option, ...] = (
         "anyone else are ignored. On the command line the default is "
         "``$FORWARDED_ALLOW_IPS`` when set, as with uvicorn and gunicorn.",
         "server",
-        Cli(_forwarded_allow_ips, "IPS", env="FORWARDED_ALLOW_IPS"),
+        Cli(parse_forwarded_allow_ips, "IPS", env="FORWARDED_ALLOW_IPS"),
     ),
     Option(
         "proxy_headers",
@@ -421,7 +298,7 @@ OPTIONS: tuple[Option, ...] = (
         "Only one family is read, so a client can't choose its address by sending the "
         "other.",
         "server",
-        Cli(_proxy_headers, "x-forwarded|forwarded|none"),
+        Cli(parse_proxy_headers, "x-forwarded|forwarded|none"),
     ),
     Option(
         "backlog",
@@ -429,7 +306,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "The listening socket's backlog (``None``: gevent's default).",
         "server",
-        Cli(_positive, "N"),
+        Cli(parse_positive, "N"),
     ),
     # -- the client
     Option(
@@ -438,7 +315,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Header fields added to the upgrade request.",
         "client",
-        Cli(_header, "'NAME: VALUE'", flag="--header", repeatable=True),
+        Cli(parse_header, "'NAME: VALUE'", flag="--header", repeatable=True),
     ),
     Option(
         "origin",
@@ -487,7 +364,7 @@ OPTIONS: tuple[Option, ...] = (
         10,
         "Redirects (301, 302, 303, 307, 308) followed before giving up.",
         "client",
-        Cli(_count, "N"),
+        Cli(parse_count, "N"),
     ),
     Option(
         "user_agent",

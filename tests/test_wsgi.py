@@ -24,8 +24,8 @@ from websockets.exceptions import ConnectionClosedError as WsClosedError
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 from websockets.sync.client import connect
 
-from geventws import wsgi as wsgi_module
 from geventws.wsgi import WebSocketHandler, WebSocketMiddleware, request_from_environ
+from geventws.wsgi import middleware as wsgi_middleware
 
 from . import wsgi_apps
 from .utils import client_frame, wait_for
@@ -339,4 +339,4 @@ def test_many_connections_through_the_middleware_leave_nothing_behind(serve: Any
     assert server.errors.getvalue() == ""
     assert wait_for(lambda: not wsgi_apps.app.connections)
     gc.collect()
-    assert wait_for(lambda: not list(wsgi_module._LIVE))  # no Connection object kept
+    assert wait_for(lambda: not list(wsgi_middleware._LIVE))  # no Connection object kept
