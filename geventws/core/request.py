@@ -68,10 +68,9 @@ class Request:
         self.headers = headers
         self.remote_address = remote_address
         self.environ = environ
-        split = urlsplit(target)
-        self.path = unquote(split.path)
-        self.query_string = split.query
-        self.args = MultiDict(parse_qsl(split.query, keep_blank_values=True))
+        path, self.query_string = _split_target(target)
+        self.path = unquote(path)
+        self.args = MultiDict(parse_qsl(self.query_string, keep_blank_values=True))
         self.subprotocols = parse_token_list_keep_case(headers.get_all("Sec-WebSocket-Protocol"))
         self.extensions = headers.get_all("Sec-WebSocket-Extensions")
 
@@ -104,6 +103,26 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} from {self.remote_address}>"
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """The path and query of a request-target (RFC 9112 §3.2), never raising.
+
+    The origin-form every WebSocket client sends is split at the first ``?``: a
+    leading ``//`` belongs to the path (``urlsplit`` would take it for an authority,
+    and raises on ``//[``). The absolute-form goes through ``urlsplit``, and is split
+    like the origin-form when its authority doesn't parse. A fragment is dropped.
+    """
+    target = target.partition("#")[0]
+    if not target.startswith("/"):
+        try:
+            split = urlsplit(target)
+        except ValueError:  # an authority urlsplit refuses, such as "[" unclosed
+            pass
+        else:
+            return split.path, split.query
+    path, _, query = target.partition("?")
+    return path, query
 
 
 def parse_token_list_keep_case(values: list[str]) -> list[str]:
