@@ -7,10 +7,15 @@ import queue
 from typing import Any
 
 import pytest
+from websockets.sync.server import ServerConnection
 
 import geventws
+from geventws.core.handshake import client_request
 from geventws.core.headers import Headers
+from geventws.core.http11 import parse_request
 from geventws.core.request import Request
+from geventws.core.uri import parse_uri
+from geventws.exceptions import InvalidURI
 
 from ..utils import RawClient
 
@@ -48,3 +53,48 @@ def test_server_accepts_upgrade_whose_target_urlsplit_refuses(serve: Any) -> Non
     finally:
         client.close()
     assert seen.get(timeout=5).args["q"] == "1"
+
+
+# -- URIs whose resource or host can't go into a request as they are (fuzz_uri) ------
+
+
+@pytest.mark.parametrize(
+    ("uri", "host", "resource"),
+    [
+        ("ws://h/a b", "h", "/a%20b"),
+        ("ws://h/café?q=ä x", "h", "/caf%C3%A9?q=%C3%A4%20x"),
+        ("ws://h/\x00\x7f", "h", "/%00%7F"),
+        ('ws://h/a"<>`{}|^%41', "h", "/a%22%3C%3E%60%7B%7D|^%41"),
+        ("ws://Bücher.example/", "xn--bcher-kva.example", "/"),
+    ],
+)
+def test_parse_uri_gives_a_valid_request_target_and_host(
+    uri: str, host: str, resource: str
+) -> None:
+    parsed = parse_uri(uri)
+    assert (parsed.host, parsed.resource_name) == (host, resource)
+    head = parse_request(client_request(parsed.host_header, parsed.resource_name, "a" * 22 + "=="))
+    assert head.target == resource and head.headers["Host"] == host
+
+
+@pytest.mark.parametrize(
+    "uri", ["ws://a b/", "ws://a\x00b/", "ws://h\udcff/", "ws://h/\udcff", "ws://u\udcff@h/"]
+)
+def test_parse_uri_refuses_hosts_and_strings_no_request_can_carry(uri: str) -> None:
+    with pytest.raises(InvalidURI):
+        parse_uri(uri)
+
+
+def test_connect_to_an_iri_reaches_an_independent_server(ws_server: Any) -> None:
+    """Before the fix the client wrote ``GET /café room`` and websockets refused it."""
+    seen: queue.Queue[str] = queue.Queue()
+
+    def handler(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        seen.put(ws.request.path)
+        ws.send("ok")
+
+    port = ws_server(handler)
+    with geventws.connect(f"ws://127.0.0.1:{port}/café room?q=ä") as ws:
+        assert ws.receive(timeout=5) == "ok"
+    assert seen.get(timeout=5) == "/caf%C3%A9%20room?q=%C3%A4"
