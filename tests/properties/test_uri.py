@@ -19,8 +19,12 @@ hosts = st.one_of(
     st.ip_addresses(v=6).map(lambda address: f"[{address.compressed}]"),
 )
 # Any text in path segments and the query, but the delimiters that would change them.
-segments = st.lists(st.text(st.characters(exclude_characters="/?#%\r\n\t"), max_size=8), max_size=4)
-queries = st.one_of(st.none(), st.text(st.characters(exclude_characters="#%\r\n\t"), max_size=12))
+segments = st.lists(
+    st.text(st.characters(codec="utf-8", exclude_characters="/?#%\r\n\t"), max_size=8), max_size=4
+)
+queries = st.one_of(
+    st.none(), st.text(st.characters(codec="utf-8", exclude_characters="#%\r\n\t"), max_size=12)
+)
 
 
 @checks
