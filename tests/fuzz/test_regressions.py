@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import queue
-from typing import Any
+import socket
+import threading
+from typing import Any, Callable, Iterator
 
 import pytest
 from websockets.sync.server import ServerConnection
@@ -16,7 +18,7 @@ from geventws.core.http11 import parse_request
 from geventws.core.protocol import Protocol, Side
 from geventws.core.request import Request
 from geventws.core.uri import parse_uri
-from geventws.exceptions import InvalidURI
+from geventws.exceptions import InvalidResponse, InvalidURI
 
 from ..utils import RawClient
 
@@ -117,3 +119,52 @@ def test_receive_eof_clears_pending() -> None:
     protocol.receive_eof()
     assert protocol.receive_data(b"") == []
     assert not protocol.pending
+
+
+@pytest.fixture
+def redirecting_server() -> Iterator[Callable[[bytes], int]]:
+    """A raw server answering every request with the given bytes; returns its port."""
+    listeners: list[socket.socket] = []
+
+    def start(answer: bytes) -> int:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(10)
+        listeners.append(listener)
+
+        def serve() -> None:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                conn.sendall(answer)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return int(listener.getsockname()[1])
+
+    yield start
+    for listener in listeners:
+        listener.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="client.py: _redirect_target() calls urljoin() outside any try, and urljoin "
+    "raises ValueError for a Location such as 'http://[' (fix: catch ValueError there "
+    "and raise InvalidURI, or InvalidResponse for the bad redirect)",
+)
+def test_connect_refuses_an_unparsable_redirect_with_a_geventws_error(
+    redirecting_server: Callable[[bytes], int],
+) -> None:
+    port = redirecting_server(
+        b"HTTP/1.1 301 Moved Permanently\r\nLocation: http://[\r\nContent-Length: 0\r\n\r\n"
+    )
+    with pytest.raises((InvalidURI, InvalidResponse)):
+        geventws.connect(f"ws://127.0.0.1:{port}/", open_timeout=10)
