@@ -202,6 +202,18 @@ class _Run:
         # protocol fed everything at once (without EOF) goes further.
         self.eof_while_pending = False
 
+    def check_state(self) -> None:
+        """The state follows from what was sent, received and failed (RFC 6455 §7)."""
+        p = self.protocol
+        both = p.close_sent is not None and p.close_rcvd is not None
+        either = p.close_sent is not None or p.close_rcvd is not None
+        if both or p.error is not None or p.eof_rcvd:
+            assert p.state is State.CLOSED and p.close_transport
+        else:
+            assert p.state is (State.CLOSING if either else State.OPEN)
+            assert not p.close_transport
+        assert p.output_pending is False  # flush() took everything
+
     def flush(self) -> list[Frame]:
         out = b"".join(self.protocol.data_to_send())
         frames = self.checker.feed(out)
@@ -351,6 +363,11 @@ def _summary(frame: Frame) -> tuple[int, Optional[int], bytes]:
 
 
 def _step(run: _Run, fdp: DataProvider) -> None:
+    _act(run, fdp)
+    run.check_state()
+
+
+def _act(run: _Run, fdp: DataProvider) -> None:
     op = fdp.ConsumeIntInRange(0, 255)
     kind = op & 0x0F
     if kind in FEED_KINDS:
