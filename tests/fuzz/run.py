@@ -24,16 +24,16 @@ ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
 #: Target name → atheris executions for the bounded CI run: 3-8 s each on one core of
-#: a small machine (about 40 s in all), the slower targets getting fewer.
+#: a small machine (about 45 s in all with the replay), the slower targets getting fewer.
 TARGETS = {
-    "protocol_server": 30_000,
-    "protocol_client": 25_000,
-    "protocol_server_deflate": 20_000,
-    "protocol_client_deflate": 20_000,
-    "http_request": 100_000,
+    "protocol_server": 20_000,
+    "protocol_client": 15_000,
+    "protocol_server_deflate": 15_000,
+    "protocol_client_deflate": 12_000,
+    "http_request": 70_000,
     "http_response": 100_000,
-    "headers": 30_000,
-    "uri": 100_000,
+    "headers": 25_000,
+    "uri": 60_000,
 }
 #: The largest input libFuzzer generates, per target (seeds may be larger).
 MAX_LEN = {"http_request": 16384, "http_response": 16384}
