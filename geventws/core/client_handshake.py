@@ -171,7 +171,10 @@ class ClientHandshake:
         scheme = "wss" if current.secure else "ws"
         host = f"[{current.host}]" if ":" in current.host else current.host
         base = f"{scheme}://{host}:{current.port}{current.resource_name}"
-        absolute = urlsplit(urljoin(base, location))
+        try:
+            absolute = urlsplit(urljoin(base, location))
+        except ValueError as exc:  # an authority urllib refuses, such as "http://["
+            raise InvalidURI(f"invalid redirect location {location!r}: {exc}") from None
         mapped = {"http": "ws", "https": "wss"}.get(absolute.scheme, absolute.scheme)
         if current.secure and mapped == "ws":
             raise InvalidURI(f"refusing a redirect from wss:// to ws://: {location}")

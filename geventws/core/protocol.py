@@ -337,6 +337,8 @@ class Protocol:
         self.eof_rcvd = True
         self.state = State.CLOSED
         self._buffer = b""
+        self.pending = False  # nothing more will be parsed
+        self._pending_error = None
 
     # -- sending --------------------------------------------------------------------
 

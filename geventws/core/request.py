@@ -94,19 +94,19 @@ class Request:
     @property
     def path(self) -> str:
         """The path, percent-decoded, without the query string."""
-        return unquote(urlsplit(self.target).path)
+        return unquote(_split_target(self.target)[0])
 
     @property
     def query_string(self) -> str:
         """The query string as sent (without ``?``)."""
-        return urlsplit(self.target).query
+        return _split_target(self.target)[1]
 
     @property
     def args(self) -> MultiDict:
         """The query parameters (:class:`MultiDict`)."""
         args = self._args
         if args is None:
-            query = urlsplit(self.target).query
+            query = _split_target(self.target)[1]
             args = self._args = MultiDict(parse_qsl(query, keep_blank_values=True))
         return args
 
@@ -149,6 +149,26 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} from {self.remote_address}>"
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    """The path and query of a request-target (RFC 9112 §3.2), never raising.
+
+    The origin-form every WebSocket client sends is split at the first ``?``: a
+    leading ``//`` belongs to the path (``urlsplit`` would take it for an authority,
+    and raises on ``//[``). The absolute-form goes through ``urlsplit``, and is split
+    like the origin-form when its authority doesn't parse. A fragment is dropped.
+    """
+    target = target.partition("#")[0]
+    if not target.startswith("/"):
+        try:
+            split = urlsplit(target)
+        except ValueError:  # an authority urlsplit refuses, such as "[" unclosed
+            pass
+        else:
+            return split.path, split.query
+    path, _, query = target.partition("?")
+    return path, query
 
 
 def parse_token_list_keep_case(values: list[str]) -> list[str]:
