@@ -21,7 +21,7 @@ from gevent.event import AsyncResult
 
 from ._writer import Writer
 from .core.protocol import Protocol
-from .exceptions import ConnectionClosed, InvalidState
+from .exceptions import InvalidState
 
 __all__ = ["Keepalive"]
 
@@ -140,13 +140,15 @@ class Keepalive:
             return
         gevent.spawn_raw(self._on_expired)
 
-    def stop(self, closed: Optional[ConnectionClosed] = None) -> None:
-        """Stop the timers; pings still waiting raise ``closed``."""
+    def stop(self) -> None:
+        """Stop the timers; pings still waiting raise the connection's
+        :meth:`~geventws.core.protocol.Protocol.closed_exception`."""
         for timer in (self._timer, self._deadline):
             if timer is not None:
                 timer.stop()
         pings = self._pings
-        if pings and closed is not None:
+        if pings:
+            closed = self._protocol.closed_exception()
             for result, _ in pings.values():
                 result.set_exception(closed)
             pings.clear()

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import gevent
 from gevent.event import Event
@@ -53,12 +53,14 @@ class Reader:
     """
 
     __slots__ = (
+        "_arming",
         "_logger",
         "_on_close",
         "_on_pong",
         "_protocol",
         "_sock",
         "_ssl_pending",
+        "_wakeup",
         "_watcher",
         "_writer",
         "high",
@@ -66,7 +68,6 @@ class Reader:
         "messages",
         "paused",
         "reading",
-        "wakeup",
     )
 
     def __init__(
@@ -80,6 +81,7 @@ class Reader:
         high: int,
         low: int,
         logger: logging.Logger,
+        tls: bool = False,
     ) -> None:
         self._sock = sock
         self._protocol = protocol
@@ -92,14 +94,24 @@ class Reader:
         #: Received messages waiting for ``receive()``: a deque while there are some, an
         #: empty tuple while there are none (a deque costs 600 bytes, idle or not).
         self.messages: Union[deque[Data], tuple[()]] = ()
-        #: Set when messages arrive, when a reader gives the read side up, and at the end.
-        self.wakeup = Event()
+        self._wakeup: Optional[Event] = None  # made when someone first waits
         #: Whether some greenlet owns the read side (only that one calls ``recv``).
         self.reading = False
         #: Whether reading is paused by back-pressure.
         self.paused = False
-        self._ssl_pending = getattr(sock, "pending", None)
-        self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+        # TLS may hold decrypted bytes no readiness event will announce.
+        self._ssl_pending: Optional[Callable[[], int]] = sock.pending if tls else None
+        self._watcher: Any = None  # made when nobody reads for a loop iteration
+        self._arming = False  # a loop callback will arm the watcher
+
+    @property
+    def wakeup(self) -> Event:
+        """Set when messages arrive, when a reader gives the read side up, and at the
+        end; made on first use (most connections never wait for another reader)."""
+        wakeup = self._wakeup
+        if wakeup is None:
+            wakeup = self._wakeup = Event()
+        return wakeup
 
     @property
     def done(self) -> bool:
@@ -114,9 +126,21 @@ class Reader:
                 self.process(leftover, False)
             finally:
                 self.reading = False
-        self.arm()
+        self.arm_soon()
 
     # -- who reads --------------------------------------------------------------------
+
+    def arm_soon(self) -> None:
+        """Have :meth:`arm` run once the calling greenlet yields: a handler that reads
+        again right away (the usual case) never needs the watcher, which is then never
+        even made."""
+        if not self._arming:
+            self._arming = True
+            gevent.get_hub().loop.run_callback(self._arm_in_loop)
+
+    def _arm_in_loop(self) -> None:
+        self._arming = False
+        self.arm()
 
     def arm(self) -> None:
         """Nobody reads now: make sure arriving bytes are read (see the module doc)."""
@@ -127,8 +151,12 @@ class Reader:
             return
         if self._protocol.pending or (self._ssl_pending is not None and self._ssl_pending()):
             self._spawn_helper()  # input is already here: no readiness will be signalled
-        elif not self._watcher.active:
-            self._watcher.start(self._on_readable)
+            return
+        watcher = self._watcher
+        if watcher is None:
+            watcher = self._watcher = gevent.get_hub().loop.io(self._sock.fileno(), 1)
+        if not watcher.active:
+            watcher.start(self._on_readable)
 
     def _on_readable(self) -> None:
         # A loop callback: bytes arrived while nobody was reading.
@@ -151,16 +179,18 @@ class Reader:
 
     def _release(self) -> None:
         self.reading = False
-        self.wakeup.set()  # a greenlet waiting to read may take over
-        self.arm()
+        if self._wakeup is not None:
+            self._wakeup.set()  # a greenlet waiting to read may take over
+        self.arm_soon()
 
     def read(self, deadline: Deadline) -> None:
         """Read once in the calling greenlet and process what came (the caller checked
         that nobody else reads). Raises :class:`TimeoutError` when ``deadline`` passes
         first; safe to cancel in any way (nothing read is lost, the read side is given
         up and the watcher re-armed)."""
-        if self._watcher.active:
-            self._watcher.stop()
+        watcher = self._watcher
+        if watcher is not None and watcher.active:
+            watcher.stop()
         self.reading = True
         try:
             self._read_once(deadline)
@@ -216,8 +246,8 @@ class Reader:
                     self._on_pong(event.data)
                 # Ping (answered by the protocol) and Close (it sets the state) need
                 # nothing here.
-            if new:
-                self.wakeup.set()
+            if new and self._wakeup is not None:
+                self._wakeup.set()
         if protocol.state is State.CLOSED:
             self._on_close()
 
@@ -258,5 +288,7 @@ class Reader:
 
     def stop(self) -> None:
         """Stop watching the socket (the connection is over)."""
-        self._watcher.stop()
-        self.wakeup.set()
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._wakeup is not None:
+            self._wakeup.set()

@@ -149,7 +149,7 @@ def raw_socket(sock: Any) -> Any:
     """The non-blocking OS socket under a plain gevent socket, which may be written
     directly when it can take the bytes right away (skipping gevent's per-call work), or
     ``None`` for a TLS socket (its bytes must go through the TLS layer)."""
-    if getattr(sock, "pending", None) is not None:  # a TLS socket
+    if isinstance(sock, gevent.ssl.SSLSocket):
         return None
     raw = getattr(sock, "_sock", None)
     if raw is None or raw.gettimeout() != 0.0:

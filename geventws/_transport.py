@@ -35,7 +35,7 @@ from gevent.event import Event
 from ._deadline import Deadline
 from ._keepalive import Keepalive
 from ._reader import Reader
-from ._sockets import format_address
+from ._sockets import format_address, raw_socket
 from ._writer import HIGH_WATER, SendTimeout, Writer
 from .core.frames import CloseCode
 from .core.protocol import Protocol, State
@@ -88,7 +88,8 @@ class Transport:
         self._logger = logger
         self._closer: Any = None  # _PENDING, an _Inline, or the closer greenlet
         self.protocol = protocol
-        self.writer = Writer(sock, settings.send_timeout, self._write_failed)
+        raw = raw_socket(sock)
+        self.writer = Writer(sock, settings.send_timeout, self._write_failed, raw)
         self.keepalive = Keepalive(
             protocol,
             self.writer,
@@ -106,6 +107,7 @@ class Transport:
             high=settings.max_queue,
             low=settings.max_queue_low,
             logger=logger,
+            tls=raw is None,
         )
         self.keepalive.start()
         self.reader.start(leftover)
@@ -185,7 +187,7 @@ class Transport:
                 protocol.error.code,
             )
         self.reader.stop()
-        self.keepalive.stop(protocol.closed_exception())
+        self.keepalive.stop()
         if self._on_end is not None:
             self._on_end()
 

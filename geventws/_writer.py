@@ -50,6 +50,7 @@ HIGH_WATER = 65536
 _JOIN_LIMIT = 262144
 
 Chunk = Union[bytes, memoryview]
+_UNKNOWN: Any = object()
 
 
 class SendTimeout(Exception):
@@ -59,8 +60,10 @@ class SendTimeout(Exception):
 class Writer:
     """The ordered output queue of one connection and the ways it gets written.
 
-    ``sock`` is the gevent socket (plain or TLS); ``send_timeout`` bounds a wait without
-    progress (``None``: none); ``on_failure(exc)`` is called once when the transport
+    ``sock`` is the gevent socket (plain or TLS), ``raw`` its OS socket when plain
+    (:func:`~geventws._sockets.raw_socket`; found here if not given); ``send_timeout``
+    bounds a wait without progress (``None``: none); ``on_failure(exc)`` is called once
+    when the transport
     fails (an :class:`OSError`, or :class:`SendTimeout`) and returns the
     :class:`~geventws.ConnectionClosed` that writers then raise.
     """
@@ -85,11 +88,12 @@ class Writer:
         sock: Any,
         send_timeout: Optional[float],
         on_failure: Callable[[Exception], ConnectionClosed],
+        raw: Any = _UNKNOWN,
     ) -> None:
         self._sock = sock
         # A plain gevent socket wraps a non-blocking OS socket that can be written
         # without waiting (and without gevent's per-call overhead); TLS can't.
-        raw = raw_socket(sock)
+        raw = raw_socket(sock) if raw is _UNKNOWN else raw
         self._raw_send: Optional[Callable[[Chunk], int]] = raw.send if raw is not None else None
         self.send_timeout = send_timeout
         self._on_failure = on_failure

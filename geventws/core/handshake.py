@@ -19,6 +19,7 @@ from .http11 import RequestHead, ResponseHead, serialize_request, serialize_resp
 
 __all__ = [
     "GUID",
+    "HANDSHAKE_FIELDS",
     "accept_key",
     "generate_key",
     "check_request",
@@ -53,24 +54,44 @@ def generate_key() -> str:
     return base64.b64encode(os.urandom(16)).decode("ascii")
 
 
-def _single(headers: Headers, name: str) -> Optional[str]:
-    values = headers.get_all(name)
+#: The request fields the opening handshake reads (lower-case).
+HANDSHAKE_FIELDS = frozenset(
+    {
+        "upgrade",
+        "connection",
+        "host",
+        "sec-websocket-version",
+        "sec-websocket-key",
+        "origin",
+        "sec-websocket-protocol",
+        "sec-websocket-extensions",
+    }
+)
+
+
+def _single(fields: dict[str, list[str]], name: str, display: str) -> Optional[str]:
+    values = fields.get(name)
+    if values is None:
+        return None
     if len(values) > 1:
-        raise InvalidRequest(400, f"more than one {name} header")
-    return values[0] if values else None
+        raise InvalidRequest(400, f"more than one {display} header")
+    return values[0]
 
 
-def check_request(head: RequestHead) -> str:
+def check_request(head: RequestHead, fields: Optional[dict[str, list[str]]] = None) -> str:
     """Validate an upgrade request (RFC 6455 §4.2.1); return its ``Sec-WebSocket-Key``.
 
-    Raises :class:`InvalidRequest` with the status to answer: 426 when the request is
-    not a WebSocket upgrade or asks for another protocol version (with the headers that
-    say which version to use), 405 for a method other than GET, 400 for a missing Host,
-    a missing or malformed key, or a missing version.
+    ``fields`` are the head's :data:`HANDSHAKE_FIELDS` if the caller has them already
+    (``head.headers.select(HANDSHAKE_FIELDS)``). Raises :class:`InvalidRequest` with the
+    status to answer: 426 when the request is not a WebSocket upgrade or asks for
+    another protocol version (with the headers that say which version to use), 405 for
+    a method other than GET, 400 for a missing Host, a missing or malformed key, or a
+    missing version.
     """
-    headers = head.headers
-    upgrade = parse_token_list(headers.get_all("Upgrade"))
-    connection = parse_token_list(headers.get_all("Connection"))
+    if fields is None:
+        fields = head.headers.select(HANDSHAKE_FIELDS)
+    upgrade = parse_token_list(fields.get("upgrade", ()))
+    connection = parse_token_list(fields.get("connection", ()))
     if "websocket" not in upgrade or "upgrade" not in connection:
         raise InvalidRequest(
             426,
@@ -79,16 +100,16 @@ def check_request(head: RequestHead) -> str:
         )
     if head.method != "GET":
         raise InvalidRequest(405, f"method {head.method} not allowed", [("Allow", "GET")])
-    if _single(headers, "Host") is None:
+    if _single(fields, "host", "Host") is None:
         raise InvalidRequest(400, "missing Host header")
-    version = _single(headers, "Sec-WebSocket-Version")
+    version = _single(fields, "sec-websocket-version", "Sec-WebSocket-Version")
     if version is None:
         raise InvalidRequest(400, "missing Sec-WebSocket-Version header")
     if version.strip() != "13":
         raise InvalidRequest(
             426, f"unsupported WebSocket version {version}", UPGRADE_REQUIRED_HEADERS
         )
-    key = _single(headers, "Sec-WebSocket-Key")
+    key = _single(fields, "sec-websocket-key", "Sec-WebSocket-Key")
     if key is None:
         raise InvalidRequest(400, "missing Sec-WebSocket-Key header")
     try:
@@ -115,7 +136,7 @@ def accept_headers(
     headers: Optional[HeadersLike] = None,
 ) -> Headers:
     """The header fields of the 101 Switching Protocols answer to ``key``."""
-    fields = Headers(
+    fields = Headers.from_pairs(
         [
             ("Upgrade", "websocket"),
             ("Connection", "Upgrade"),

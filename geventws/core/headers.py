@@ -68,6 +68,27 @@ class Headers:
         except KeyError:
             return default
 
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, str]]) -> Headers:
+        """Headers holding ``pairs`` (the list itself, not a copy)."""
+        headers = cls.__new__(cls)
+        headers._items = pairs
+        return headers
+
+    def select(self, names: frozenset[str]) -> dict[str, list[str]]:
+        """Every value of each of ``names`` (lower-case) present, in one pass: a
+        lookup of several fields at once (the handshake's)."""
+        found: dict[str, list[str]] = {}
+        for key, value in self._items:
+            lower = key.lower()
+            if lower in names:
+                values = found.get(lower)
+                if values is None:
+                    found[lower] = [value]
+                else:
+                    values.append(value)
+        return found
+
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, in order (an empty list when absent)."""
         lower = name.lower()

@@ -9,7 +9,7 @@ handler reads it to decide whether to :meth:`~geventws.Connection.accept` or
 from __future__ import annotations
 
 from http.cookies import CookieError, SimpleCookie
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterable, Iterator, Mapping, Optional
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .headers import Headers, parse_token_list
@@ -171,7 +171,7 @@ def _split_target(target: str) -> tuple[str, str]:
     return path, query
 
 
-def parse_token_list_keep_case(values: list[str]) -> list[str]:
+def parse_token_list_keep_case(values: Iterable[str]) -> list[str]:
     """Comma-separated values as stripped, non-empty items, case preserved
     (subprotocol names are case-sensitive, RFC 6455 §4.1)."""
     return [item.strip() for value in values for item in value.split(",") if item.strip()]

@@ -22,6 +22,7 @@ from ..exceptions import InvalidRequest, InvalidState
 from .assembler import DEFAULT_MAX_FRAGMENTS
 from .deflate import Deflate, DeflateOptions, negotiate_server
 from .handshake import (
+    HANDSHAKE_FIELDS,
     accept_headers,
     check_request,
     error_headers,
@@ -79,7 +80,7 @@ class ServerHandshake:
     for an invalid ``Sec-WebSocket-Extensions``.
     """
 
-    __slots__ = ("_deflate", "key", "offered", "state", "status", "supported")
+    __slots__ = ("_deflate", "_offered", "key", "state", "status", "supported")
 
     def __init__(
         self,
@@ -89,22 +90,27 @@ class ServerHandshake:
         subprotocols: Iterable[str] = (),
         deflate: Optional[DeflateOptions] = None,
     ) -> None:
+        fields = head.headers.select(HANDSHAKE_FIELDS)
         #: The client's ``Sec-WebSocket-Key``.
-        self.key = check_request(head)
+        self.key = check_request(head, fields)
         if origins is not None:
-            origin = head.headers.get("Origin")
+            origin = fields["origin"][0] if "origin" in fields else None
             if origin not in origins:
                 raise InvalidRequest(403, f"origin {origin!r} not allowed")
         self._deflate: Optional[tuple[str, Deflate]] = None
-        if deflate is not None:
+        if deflate is not None and "sec-websocket-extensions" in fields:
             self._deflate = negotiate_server(head.headers, deflate)
-        #: The subprotocols the client offered, in its order.
-        self.offered = parse_token_list_keep_case(head.headers.get_all("Sec-WebSocket-Protocol"))
+        self._offered: Union[list[str], tuple[()]] = fields.get("sec-websocket-protocol", ())
         #: The subprotocols the server supports, in its order of preference.
         self.supported = tuple(subprotocols)
         self.state = HandshakeState.PENDING
         #: The HTTP status answered (101 once accepted), ``None`` while pending.
         self.status: Optional[int] = None
+
+    @property
+    def offered(self) -> list[str]:
+        """The subprotocols the client offered, in its order."""
+        return parse_token_list_keep_case(self._offered)
 
     def accept(
         self,
@@ -123,7 +129,8 @@ class ServerHandshake:
         """
         self._decide(HandshakeState.ACCEPTED, "accept")
         if subprotocol is None:
-            subprotocol = select_subprotocol(self.offered, self.supported)
+            if self.supported and self._offered:
+                subprotocol = select_subprotocol(self.offered, self.supported)
         elif subprotocol not in self.offered:
             self.state = HandshakeState.PENDING
             raise ValueError(f"the client did not offer subprotocol {subprotocol!r}")
