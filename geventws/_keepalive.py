@@ -1,20 +1,25 @@
 """Pings and pongs of a connection: the application's ``ping()`` and the keepalive.
 
-The keepalive is two loop timers and no greenlet while idle: every ``interval`` seconds
-a ping is *queued* (in the loop callback itself: queueing never blocks) and the
-``timeout`` deadline starts at that moment, not when the ping is finally written. So a
-peer that stopped reading, behind which our own sends are blocked, is still closed with
-1011 after ``timeout`` (the blocked send then raises). A pong acknowledges its ping and
-every earlier one still waiting (RFC 6455 §5.5.3 lets peers answer only the last).
-While back-pressure pauses reading, the pong may sit unread in the socket: the deadline
-is then extended rather than failing a peer we chose not to read.
+The keepalive costs no greenlet and no timer of its own while idle. Every connection of
+a hub with the same ``interval`` sits in one :class:`_Wheel`: a single loop timer that
+ticks eight times per interval and pings the connections of one slot of eight each time,
+so each connection is pinged every ``interval`` and the pings of many connections are
+spread over the interval rather than sent in one burst. A ping is *queued* in the loop
+callback itself (queueing never blocks) and the ``timeout`` deadline, a timer made for
+that ping, starts at that moment, not when the ping is finally written. So a peer that
+stopped reading, behind which our own sends are blocked, is still closed with 1011 after
+``timeout`` (the blocked send then raises). A pong acknowledges its ping and every
+earlier one still waiting (RFC 6455 §5.5.3 lets peers answer only the last). While
+back-pressure pauses reading, the pong may sit unread in the socket: the deadline is
+then extended rather than failing a peer we chose not to read.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Optional
+import weakref
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 import gevent
 from gevent.event import AsyncResult
@@ -23,25 +28,30 @@ from ._writer import Writer
 from .core.protocol import Protocol
 from .exceptions import InvalidState
 
+if TYPE_CHECKING:
+    from ._transport import Transport
+
 __all__ = ["Keepalive"]
+
+_SLOTS = 8  # ticks per interval
 
 
 class Keepalive:
     """The pings of one connection over ``protocol`` and ``writer``.
 
-    ``interval`` and ``timeout`` configure the keepalive (``None`` turns either off);
-    ``on_expired()`` runs in a new greenlet when a keepalive pong is late;
-    ``is_paused()`` says whether back-pressure paused reading.
+    ``interval`` and ``timeout`` configure the keepalive (``None`` turns either off).
+    ``owner`` is the connection's :class:`~geventws._transport.Transport`: its
+    ``keepalive_expired()`` runs in a new greenlet when a keepalive pong is late, and
+    its reader's ``paused`` says whether back-pressure paused reading.
     """
 
     __slots__ = (
         "_deadline",
-        "_is_paused",
-        "_on_expired",
+        "_owner",
         "_pings",
         "_protocol",
-        "_timer",
         "_waiting",
+        "_wheel",
         "_writer",
         "interval",
         "timeout",
@@ -51,29 +61,26 @@ class Keepalive:
         self,
         protocol: Protocol,
         writer: Writer,
+        owner: Transport,
         *,
         interval: Optional[float],
         timeout: Optional[float],
-        on_expired: Callable[[], None],
-        is_paused: Callable[[], bool],
     ) -> None:
         self._protocol = protocol
         self._writer = writer
+        self._owner = owner
         self.interval = interval
         self.timeout = timeout
-        self._on_expired = on_expired
-        self._is_paused = is_paused
         self._pings: Optional[dict[bytes, tuple[AsyncResult, float]]] = None
-        self._timer: Any = None
-        self._deadline: Any = None
-        self._waiting: Optional[bytes] = None  # the keepalive ping awaiting its pong
+        self._wheel: Optional[_Wheel] = None
+        self._deadline: Any = None  # the timer of the keepalive ping awaiting its pong
+        self._waiting: Optional[bytes] = None  # that ping's payload
 
     def start(self) -> None:
         """Start the periodic ping, if configured."""
         if self.interval:
-            loop = gevent.get_hub().loop
-            self._timer = loop.timer(self.interval, self.interval, ref=False)
-            self._timer.start(self._tick)
+            self._wheel = _Wheel.of(self.interval)
+            self._wheel.add(self)
 
     def ping(self, data: Optional[bytes] = None) -> AsyncResult:
         """Queue a ping (random 4 bytes without ``data``) and have it written soon;
@@ -99,9 +106,9 @@ class Keepalive:
         pings[data] = (result, time.monotonic())
         return data, result
 
-    def _tick(self) -> None:
-        # A loop callback every ``interval``: queue a ping unless one is still waiting;
-        # the deadline starts now, while the ping is queued.
+    def tick(self) -> None:
+        """Time for the periodic ping (a loop callback of the wheel): queue one unless
+        one is still waiting; its deadline starts now, while it is queued."""
         if self._waiting is not None:
             return
         try:
@@ -109,8 +116,7 @@ class Keepalive:
         except InvalidState:
             return
         if self.timeout:
-            if self._deadline is None:
-                self._deadline = gevent.get_hub().loop.timer(self.timeout, ref=False)
+            self._deadline = gevent.get_hub().loop.timer(self.timeout, ref=False)
             self._deadline.start(self._expired)
 
     def pong(self, data: bytes) -> None:
@@ -127,6 +133,7 @@ class Keepalive:
                 self._waiting = None
                 if self._deadline is not None:
                     self._deadline.stop()
+                    self._deadline = None
             if payload == data:
                 break
 
@@ -134,21 +141,75 @@ class Keepalive:
         # A loop callback: no pong within ``timeout`` of queueing the ping.
         if self._waiting is None:
             return
-        if self._is_paused():
+        if self._owner.reader.paused:
             # Paused by back-pressure: the pong may be waiting in the socket, unread.
             self._deadline.start(self._expired)
             return
-        gevent.spawn_raw(self._on_expired)
+        gevent.spawn_raw(self._owner.keepalive_expired)
 
     def stop(self) -> None:
-        """Stop the timers; pings still waiting raise the connection's
+        """Stop pinging; pings still waiting raise the connection's
         :meth:`~geventws.core.protocol.Protocol.closed_exception`."""
-        for timer in (self._timer, self._deadline):
-            if timer is not None:
-                timer.stop()
+        if self._wheel is not None:
+            self._wheel.discard(self)
+            self._wheel = None
+        if self._deadline is not None:
+            self._deadline.stop()
+            self._deadline = None
         pings = self._pings
         if pings:
             closed = self._protocol.closed_exception()
             for result, _ in pings.values():
                 result.set_exception(closed)
             pings.clear()
+
+
+class _Wheel:
+    """The keepalives of one hub with one interval: a timer ticking :data:`_SLOTS`
+    times per interval, each tick pinging one slot's connections. A connection joins
+    the slot that comes round last, so its first ping is about one interval after it
+    opened. The timer runs only while the wheel has connections."""
+
+    __slots__ = ("__weakref__", "_next", "_slots", "_timer")
+
+    _wheels: ClassVar[weakref.WeakKeyDictionary[Any, dict[float, _Wheel]]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    @classmethod
+    def of(cls, interval: float) -> _Wheel:
+        """The wheel of ``interval`` in the current hub."""
+        hub = gevent.get_hub()
+        wheels = cls._wheels.get(hub)
+        if wheels is None:
+            wheels = cls._wheels[hub] = {}
+        wheel = wheels.get(interval)
+        if wheel is None:
+            wheel = wheels[interval] = cls(hub.loop, interval)
+        return wheel
+
+    def __init__(self, loop: Any, interval: float) -> None:
+        self._slots: list[set[Keepalive]] = [set() for _ in range(_SLOTS)]
+        self._next = 0  # the slot the next tick pings
+        step = interval / _SLOTS
+        self._timer = loop.timer(step, step, ref=False)
+
+    def add(self, keepalive: Keepalive) -> None:
+        if not any(self._slots):
+            self._timer.start(self._tick)
+        self._slots[self._next - 1].add(keepalive)  # the last to come round
+
+    def discard(self, keepalive: Keepalive) -> None:
+        for slot in self._slots:
+            if keepalive in slot:
+                slot.discard(keepalive)
+                break
+        if not any(self._slots):
+            self._timer.stop()
+
+    def _tick(self) -> None:
+        # A loop callback: ping the connections of the slot whose turn it is.
+        slot = self._slots[self._next]
+        self._next = (self._next + 1) % _SLOTS
+        for keepalive in list(slot):
+            keepalive.tick()

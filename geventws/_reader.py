@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import gevent
 from gevent.event import Event
@@ -37,6 +37,9 @@ from gevent.event import Event
 from ._deadline import Deadline
 from ._writer import Writer
 from .core.protocol import Pong, Protocol, State
+
+if TYPE_CHECKING:
+    from ._transport import Transport
 
 __all__ = ["Reader"]
 
@@ -48,15 +51,15 @@ _RECV_SIZE = 262144
 class Reader:
     """The read side of one connection over ``protocol``.
 
-    ``on_pong(data)`` is called for each pong, ``on_close()`` once the protocol says the
+    ``owner`` is the connection's :class:`~geventws._transport.Transport`: each pong
+    goes to its keepalive, and its ``finish()`` runs once the protocol says the
     transport should close; ``high``/``low`` are the back-pressure marks.
     """
 
     __slots__ = (
         "_arming",
         "_logger",
-        "_on_close",
-        "_on_pong",
+        "_owner",
         "_protocol",
         "_sock",
         "_ssl_pending",
@@ -76,8 +79,7 @@ class Reader:
         protocol: Protocol,
         writer: Writer,
         *,
-        on_pong: Callable[[bytes], None],
-        on_close: Callable[[], None],
+        owner: Transport,
         high: int,
         low: int,
         logger: logging.Logger,
@@ -86,8 +88,7 @@ class Reader:
         self._sock = sock
         self._protocol = protocol
         self._writer = writer
-        self._on_pong = on_pong
-        self._on_close = on_close
+        self._owner = owner
         self._logger = logger
         self.high = high
         self.low = low
@@ -220,7 +221,7 @@ class Reader:
 
     def process(self, data: bytes, eof: bool) -> None:
         """Feed ``data`` (or the end of the transport) to the protocol: messages to the
-        queue, answers to the writer, pongs to ``on_pong``, the end to ``on_close``.
+        queue, answers to the writer, pongs to the keepalive, the end to ``finish()``.
         Never blocks, so nothing it took from the protocol can be lost."""
         protocol = self._protocol
         if eof:
@@ -243,13 +244,13 @@ class Reader:
                     messages.append(event)
                     new = True
                 elif kind is Pong:
-                    self._on_pong(event.data)
+                    self._owner.keepalive.pong(event.data)
                 # Ping (answered by the protocol) and Close (it sets the state) need
                 # nothing here.
             if new and self._wakeup is not None:
                 self._wakeup.set()
         if protocol.state is State.CLOSED:
-            self._on_close()
+            self._owner.finish()
 
     def pop(self) -> Data:
         """The oldest queued message (the caller checked there is one); resumes

@@ -89,21 +89,19 @@ class Transport:
         self._closer: Any = None  # _PENDING, an _Inline, or the closer greenlet
         self.protocol = protocol
         raw = raw_socket(sock)
-        self.writer = Writer(sock, settings.send_timeout, self._write_failed, raw)
+        self.writer = Writer(sock, settings.send_timeout, self, raw)
         self.keepalive = Keepalive(
             protocol,
             self.writer,
+            self,
             interval=settings.ping_interval,
             timeout=settings.ping_timeout,
-            on_expired=self._keepalive_expired,
-            is_paused=self._is_paused,
         )
         self.reader = Reader(
             sock,
             protocol,
             self.writer,
-            on_pong=self.keepalive.pong,
-            on_close=self.finish,
+            owner=self,
             high=settings.max_queue,
             low=settings.max_queue_low,
             logger=logger,
@@ -111,9 +109,6 @@ class Transport:
         )
         self.keepalive.start()
         self.reader.start(leftover)
-
-    def _is_paused(self) -> bool:
-        return self.reader.paused
 
     @property
     def ending(self) -> bool:
@@ -156,11 +151,11 @@ class Transport:
         self.writer.write_nowait()
         self.end()
 
-    def _keepalive_expired(self) -> None:
+    def keepalive_expired(self) -> None:
         # ``finish`` logs it: "closing ADDRESS: keepalive ping timeout (1011)".
         self.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
 
-    def _write_failed(self, exc: Exception) -> ConnectionClosed:
+    def write_failed(self, exc: Exception) -> ConnectionClosed:
         """The writer's transport failed (``exc``): end the link; return what writers
         raise. Never blocks (it may run in a loop callback)."""
         protocol = self.protocol

@@ -21,8 +21,8 @@ anything, and the writer records what a ``send`` took as soon as it returns. Wha
 being written is kept as a memoryview of its unwritten rest (:attr:`_view`), ahead of
 everything queued after it; an interrupted :meth:`write` leaves it there and schedules
 a background write, so the frame is completed later, in order. Only a failed transport
-drops the queue, and then the connection is failed too (the caller's
-``on_failure`` turns the failure into a closed connection): never an open connection
+drops the queue, and then the connection is failed too (the transport's
+``write_failed`` turns the failure into a closed connection): never an open connection
 over a corrupt stream.
 
 ``send_timeout``: a write that makes no progress for that long fails the connection
@@ -31,7 +31,7 @@ over a corrupt stream.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import gevent
 from gevent.lock import Semaphore
@@ -39,6 +39,9 @@ from gevent.lock import Semaphore
 from ._deadline import NO_DEADLINE, Deadline
 from ._sockets import raw_socket, send_nowait
 from .exceptions import ConnectionClosed
+
+if TYPE_CHECKING:
+    from ._transport import Transport
 
 __all__ = ["HIGH_WATER", "Writer", "SharedBatch"]
 
@@ -62,10 +65,10 @@ class Writer:
 
     ``sock`` is the gevent socket (plain or TLS), ``raw`` its OS socket when plain
     (:func:`~geventws._sockets.raw_socket`; found here if not given); ``send_timeout``
-    bounds a wait without progress (``None``: none); ``on_failure(exc)`` is called once
-    when the transport
-    fails (an :class:`OSError`, or :class:`SendTimeout`) and returns the
-    :class:`~geventws.ConnectionClosed` that writers then raise.
+    bounds a wait without progress (``None``: none). ``owner`` is the connection's
+    :class:`~geventws._transport.Transport`: its ``write_failed(exc)`` is called once
+    when the transport fails (an :class:`OSError`, or :class:`SendTimeout`) and returns
+    the :class:`~geventws.ConnectionClosed` that writers then raise.
     """
 
     __slots__ = (
@@ -75,8 +78,8 @@ class Writer:
         "_flusher",
         "_lock",
         "_loop",
-        "_on_failure",
-        "_raw_send",
+        "_owner",
+        "_raw",
         "_sock",
         "_view",
         "buffered",
@@ -87,17 +90,17 @@ class Writer:
         self,
         sock: Any,
         send_timeout: Optional[float],
-        on_failure: Callable[[Exception], ConnectionClosed],
+        owner: Transport,
         raw: Any = _UNKNOWN,
     ) -> None:
         self._sock = sock
         # A plain gevent socket wraps a non-blocking OS socket that can be written
         # without waiting (and without gevent's per-call overhead); TLS can't.
         raw = raw_socket(sock) if raw is _UNKNOWN else raw
-        self._raw_send: Optional[Callable[[Chunk], int]] = raw.send if raw is not None else None
+        self._raw: Any = raw  # the plain OS socket, or None for TLS
         self.send_timeout = send_timeout
-        self._on_failure = on_failure
-        self._lock = Semaphore()
+        self._owner = owner
+        self._lock: Optional[Semaphore] = None  # made when a write must wait
         self._chunks: list[Chunk] = []
         self._view: Optional[memoryview] = None  # the unwritten rest being written
         #: Bytes queued and not written yet.
@@ -127,16 +130,20 @@ class Writer:
         nothing was queued: see :class:`SharedBatch`)."""
         self.queue([memoryview(frame)[sent:] if sent else frame])  # type: ignore[list-item]
 
+    def _locked(self) -> bool:
+        lock = self._lock
+        return lock is not None and bool(lock.locked())
+
     @property
     def idle(self) -> bool:
         """Nothing queued or being written: a frame may go to the socket directly."""
-        return not self.buffered and not self._lock.locked()
+        return not self.buffered and not self._locked()
 
     @property
     def fileno(self) -> int:
         """The descriptor of a plain socket that may be written directly (see
         :class:`SharedBatch`), or -1 (TLS, closed)."""
-        if self._raw_send is None or self._failure is not None:
+        if self._raw is None or self._failure is not None:
             return -1
         return int(self._sock.fileno())
 
@@ -160,17 +167,20 @@ class Writer:
             raise self._failure
         if not self.buffered:
             return
-        if self._raw_send is not None and not self._lock.locked():
+        if self._raw is not None and not self._locked():
             if self.write_nowait():
                 return
             if self._failure is not None:
                 raise self._failure
-        if not self._lock.acquire(timeout=deadline.remaining()):
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = Semaphore()
+        if not lock.acquire(timeout=deadline.remaining()):
             raise deadline.error()
         try:
             self._write_locked(deadline)
         finally:
-            self._lock.release()
+            lock.release()
             if self.buffered and self._failure is None:
                 self.write_soon()  # interrupted: finish in the background
 
@@ -200,9 +210,10 @@ class Writer:
         """Write what a plain socket takes right now, without waiting; True when
         nothing is left. Only while nobody holds the write lock (no greenlet switches
         here, so none can start meanwhile)."""
-        raw_send = self._raw_send
-        if raw_send is None or self._failure is not None or self._lock.locked():
+        raw = self._raw
+        if raw is None or self._failure is not None or self._locked():
             return False
+        raw_send = raw.send
         while True:
             view = self._next()
             if view is None:
@@ -252,7 +263,7 @@ class Writer:
     def _write_in_loop(self) -> None:
         # A loop callback: must not block nor raise.
         self._callback = None
-        if not self.buffered or self._failure is not None or self._lock.locked():
+        if not self.buffered or self._failure is not None or self._locked():
             return  # nothing to do, or the lock holder writes it (and reschedules)
         if self.write_nowait() or self._failure is not None:
             return
@@ -274,7 +285,7 @@ class Writer:
             self._chunks.clear()
             self._view = None
             self.buffered = 0
-            self._failure = self._on_failure(exc)
+            self._failure = self._owner.write_failed(exc)
         return self._failure
 
     def fail(self, closed: ConnectionClosed) -> None:

@@ -264,15 +264,18 @@ class Connection:
         while not reader.messages:
             if protocol.state is State.CLOSED:
                 raise protocol.closed_exception()
-            # Clear before anything that may yield: a wake-up meanwhile is not lost.
-            reader.wakeup.clear()
             if writer.buffered and not writer.write_nowait():
                 # What we sent goes out before we wait, without waiting for it: a peer
                 # that sends but doesn't read must not stop us from reading.
                 writer.write_soon()
             if not reader.reading:
                 reader.read(deadline)
-            elif not reader.wakeup.wait(deadline.remaining()):
+                continue
+            # Another greenlet reads: wait for it to queue messages or give up the read
+            # side (cleared right before waiting: nothing switched since the check).
+            wakeup = reader.wakeup
+            wakeup.clear()
+            if not wakeup.wait(deadline.remaining()):
                 raise deadline.error()
         return reader.pop()
 
@@ -452,10 +455,12 @@ class Connection:
             # Read until the peer answers and the protocol says the link is over;
             # messages the peer sent meanwhile are queued for receive().
             while protocol.state is not State.CLOSED:
-                reader.wakeup.clear()
                 if not reader.reading:
                     reader.read(deadline)
-                elif not reader.wakeup.wait(deadline.remaining()):
+                    continue
+                wakeup = reader.wakeup
+                wakeup.clear()
+                if not wakeup.wait(deadline.remaining()):
                     break
         except (ConnectionClosed, TimeoutError):
             pass

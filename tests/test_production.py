@@ -101,7 +101,7 @@ def test_max_connections_answers_503_and_stays_responsive(serve: Any) -> None:
         assert info.value.response.headers["Retry-After"] == "5"
         first.send("served")
         assert first.recv(timeout=5) == "served"
-    assert wait_for(lambda: server.server is not None and len(server.server.pool) == 0, 15)
+    assert wait_for(lambda: server.server is not None and len(server.server._handlers) == 0, 15)
     with connect(server.url) as again:
         again.send("x")
         assert again.recv(timeout=5) == "x"
@@ -213,7 +213,7 @@ def test_thousands_of_connections_leave_nothing_behind(serve: Any) -> None:
         lambda: (
             server.server is not None
             and not server.server.connections
-            and len(server.server.pool) == 0
+            and len(server.server._handlers) == 0
         ),
         30,
     )

@@ -14,6 +14,7 @@ from ..exceptions import ProtocolError
 
 __all__ = [
     "NOT_UTF8",
+    "OK_CLOSE_CODES",
     "Opcode",
     "CloseCode",
     "DATA_OPCODES",
@@ -65,6 +66,13 @@ class CloseCode(enum.IntEnum):
     TRY_AGAIN_LATER = 1013
     BAD_GATEWAY = 1014
     TLS_HANDSHAKE = 1015  # never sent on the wire
+
+
+#: Close codes of a normal closure: :class:`~geventws.ConnectionClosedOK` rather than
+#: :class:`~geventws.ConnectionClosedError`.
+OK_CLOSE_CODES = frozenset(
+    {CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD}
+)
 
 
 def is_valid_close_code(code: int) -> bool:

@@ -9,6 +9,7 @@ status to answer with, or :class:`~geventws.exceptions.InvalidResponse`.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import NoReturn, Optional
@@ -65,6 +66,28 @@ class ResponseHead:
     headers: Headers
 
 
+# Common header names and values, shared by every request that spells them so: the
+# request (its headers included) lives as long as the connection, and most of its
+# strings are these. A fixed list, so nothing a client sends can grow it.
+_COMMON_NAMES = (
+    "Host", "Upgrade", "Connection", "Origin", "User-Agent", "Accept", "Accept-Encoding",
+    "Accept-Language", "Cache-Control", "Pragma", "Cookie", "Authorization",
+    "Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions",
+    "Sec-WebSocket-Protocol", "X-Forwarded-For", "X-Forwarded-Proto", "X-Real-IP",
+    "Forwarded", "Content-Length", "Content-Type", "Location", "Server", "Date",
+    "Sec-WebSocket-Accept",
+)  # fmt: skip
+_NAMES: dict[bytes, str] = {
+    spelling.encode(): spelling
+    for name in _COMMON_NAMES
+    for spelling in (sys.intern(name), sys.intern(name.lower()))
+}
+_VALUES: dict[bytes, str] = {
+    value.encode(): sys.intern(value)
+    for value in ("websocket", "Upgrade", "upgrade", "13", "keep-alive, Upgrade", "no-cache")
+}
+
+
 def find_head_end(buffer: bytes | bytearray) -> int:
     """The offset just past the blank line ending the head, or -1 if not there yet.
 
@@ -96,7 +119,13 @@ def _parse_fields(lines: list[bytes], error: type[Exception]) -> Headers:
         if field is None:
             _refuse_field(line, error)
         name, value = field.groups()
-        append((name.decode("ascii"), value.rstrip(b" \t").decode("latin-1")))
+        value = value.rstrip(b" \t")
+        append(
+            (
+                _NAMES.get(name) or name.decode("ascii"),
+                _VALUES.get(value) or value.decode("latin-1"),
+            )
+        )
     return Headers.from_pairs(pairs)
 
 

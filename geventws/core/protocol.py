@@ -8,14 +8,10 @@ I/O layer feeds it what the socket gave (:meth:`Protocol.receive_data`,
 :meth:`Protocol.data_to_send` returns. The application's own frames go the same way:
 :meth:`Protocol.send_text` and friends only queue bytes.
 
-Events are deliberately cheap, since one is made per message on the hot path:
-
-* a ``str`` is a complete text message, a ``bytes`` a complete binary message
-  (fragmented messages are reassembled by :class:`~geventws.core.assembler.Assembler`
-  within ``max_size`` and ``max_fragments``);
-* :class:`Ping`, :class:`Pong` and :class:`Close` report control frames. Pings are
-  answered and a close is echoed (code and reason) by the protocol itself: the caller
-  only has to send what :meth:`~Protocol.data_to_send` returns.
+Events (:mod:`geventws.core.events`) are a ``str`` or ``bytes`` per message
+(reassembled from fragments by :class:`~geventws.core.assembler.Assembler`), and
+:class:`Ping`, :class:`Pong`, :class:`Close`; pings are answered and a close is echoed
+(code and reason) by the protocol itself, in what :meth:`~Protocol.data_to_send` returns.
 
 Anything the peer does wrong (bad masking, reserved bits or opcodes, bad fragmentation,
 invalid UTF-8, oversized messages, bad close payloads) *fails the connection*
@@ -55,6 +51,7 @@ from .frames import (
     KNOWN_OPCODES,
     MAX_CONTROL_PAYLOAD,
     NOT_UTF8,
+    OK_CLOSE_CODES,
     BytesLike,
     CloseCode,
     Opcode,
@@ -81,13 +78,6 @@ _UNPACK_H = struct.Struct("!H").unpack_from
 _UNPACK_Q = struct.Struct("!Q").unpack_from
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
-#: Close codes of a normal closure: :class:`~geventws.ConnectionClosedOK` rather than
-#: :class:`~geventws.ConnectionClosedError`.
-OK_CLOSE_CODES = frozenset(
-    {CloseCode.NORMAL_CLOSURE, CloseCode.GOING_AWAY, CloseCode.NO_STATUS_RCVD}
-)
-
-
 _FIN = 0x80
 _RSV1 = 0x40
 _RSV_MASK = 0x70
@@ -99,9 +89,9 @@ _BINARY_HEADERS = [bytes((0x82, n)) for n in range(126)]
 class Protocol:
     """One WebSocket connection's framing and state, for either side.
 
-    ``max_size`` bounds a reassembled message (and so any single frame) in bytes;
-    ``None`` means no limit. Over it the connection fails with 1009 as soon as a
-    frame header proves it, before the payload is buffered. ``max_fragments`` bounds
+    ``max_size`` bounds a reassembled message (and so any frame) in bytes; ``None``:
+    none. Over it the connection fails with 1009 as soon as a frame header proves it,
+    before the payload is buffered. ``max_fragments`` bounds
     the frames of one message (default 65,536; ``None``: no limit); the next one fails
     the connection with 1009 before its payload is read.
 
@@ -114,6 +104,7 @@ class Protocol:
     __slots__ = (
         "_buffer",
         "_client",
+        "_max_fragments",
         "_message",
         "_out_decoder",
         "_out_frag",
@@ -154,7 +145,11 @@ class Protocol:
         self._client = side is Side.CLIENT
         self._buffer: Union[bytes, bytearray] = b""  # unparsed input; a bytearray grows
         self._output: list[bytes] = []
-        self._message = Assembler(max_size, max_fragments, deflate)
+        # The message being reassembled from fragments: made for the first one.
+        self._message: Optional[Assembler] = None
+        self._max_fragments = max_fragments
+        if max_fragments is not None and max_fragments < 1:
+            raise ValueError("max_fragments must be at least 1 (or None)")
         # The message being sent in fragments, if any: whether it is compressed, and the
         # UTF-8 checker of its text fragments.
         self._out_frag: Optional[bool] = None
@@ -169,7 +164,7 @@ class Protocol:
     @property
     def max_fragments(self) -> Optional[int]:
         """The most frames one incoming message may take (``None``: no limit)."""
-        return self._message.max_fragments
+        return self._max_fragments
 
     # -- receiving ------------------------------------------------------------------
 
@@ -245,7 +240,7 @@ class Protocol:
             # The common case: a whole text or binary message in one well-masked frame.
             simple = (
                 b0 in (0x81, 0x82)
-                and message.opcode is None
+                and (message is None or message.opcode is None)
                 and (max_size is None or length <= max_size)
                 and bool(masked) is not client
             )
@@ -283,6 +278,7 @@ class Protocol:
                 if self.close_rcvd is not None:
                     return end  # nothing after a close frame is processed
             else:
+                message = self._assembler()
                 done = message.add(opcode, bool(b0 & _FIN), bool(b0 & _RSV1), payload)
                 if done is not None:
                     append(done)
@@ -311,7 +307,13 @@ class Protocol:
             if length > MAX_CONTROL_PAYLOAD:
                 raise ProtocolError("control frame payload over 125 bytes")
             return
-        self._message.check(opcode, bool(b0 & _RSV1), length)
+        self._assembler().check(opcode, bool(b0 & _RSV1), length)
+
+    def _assembler(self) -> Assembler:
+        message = self._message
+        if message is None:
+            message = self._message = Assembler(self.max_size, self._max_fragments, self.deflate)
+        return message
 
     def _control_frame(self, opcode: int, payload: bytes, events: list[Event]) -> None:
         if opcode == Opcode.PING:

@@ -140,6 +140,9 @@ class ServerHandshake:
             Side.SERVER, max_size=max_size, max_fragments=max_fragments, deflate=codec
         )
         self.status = 101
+        # Kept for the connection's life: let go of what is no longer needed.
+        self._offered = ()
+        self._deflate = None
         return Accepted(fields, serialize_response(101, fields), protocol, subprotocol, agreed)
 
     def reject(
