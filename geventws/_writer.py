@@ -31,7 +31,8 @@ over a corrupt stream.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional, Union
+import weakref
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 
 import gevent
 from gevent.lock import Semaphore
@@ -82,6 +83,7 @@ class Writer:
         "_raw",
         "_sock",
         "_view",
+        "batched",
         "buffered",
         "send_timeout",
     )
@@ -105,6 +107,8 @@ class Writer:
         self._view: Optional[memoryview] = None  # the unwritten rest being written
         #: Bytes queued and not written yet.
         self.buffered = 0
+        #: In this turn's :class:`SharedBatch` (written by its callback).
+        self.batched = False
         self._callback: Any = None
         self._flusher: Any = None
         self._failure: Optional[ConnectionClosed] = None
@@ -125,7 +129,7 @@ class Writer:
             self._chunks.extend(chunks)
             self.buffered += sum(map(len, chunks))
 
-    def queue_rest(self, frame: bytes, sent: int) -> None:
+    def queue_rest(self, frame: Chunk, sent: int) -> None:
         """Queue what a direct write of ``frame`` left (it wrote ``sent`` bytes while
         nothing was queued: see :class:`SharedBatch`)."""
         self.queue([memoryview(frame)[sent:] if sent else frame])  # type: ignore[list-item]
@@ -305,45 +309,91 @@ class Writer:
 
 
 class SharedBatch:
-    """One frame written to many idle plain sockets with one batch of non-blocking
-    ``send`` calls (from C when built), for broadcasts and topics.
+    """The shared frames of one turn of a hub's loop, written together: for
+    broadcasts and topics.
 
-    :meth:`add` takes a writer and the frame for it: an idle writer on a plain socket
-    joins the batch of that frame; any other gets the frame queued and written soon.
-    :meth:`send` writes the batches; nothing may switch greenlets between the first
-    :meth:`add` and :meth:`send` (each descriptor must still belong to its writer),
-    which holds as long as the caller does no I/O in between.
+    :meth:`current` is the hub's batch. :meth:`add` queues a frame on a writer, in
+    order with everything else the writer sends; an idle writer on a plain socket joins
+    the batch, any other is written soon as usual. Once the greenlet that broadcasts
+    yields, one loop callback (:meth:`_flush`) writes every writer of the batch: the
+    frames a writer got in this turn go out in *one* non-blocking ``send``, and writers
+    that got the same frames share one joined copy and one batch of ``send`` calls made
+    from C (:func:`~geventws._sockets.send_nowait`). Several broadcasts in one turn (a
+    publisher's burst read in one ``recv``) therefore cost one system call per client,
+    not one per message, with ``TCP_NODELAY`` kept on; a delivery waits at most for the
+    broadcasting greenlet to yield.
+
+    Descriptors are looked up in the callback, not when the frame is added, so a
+    connection closed meanwhile is skipped (its writer failed) and never confused with
+    a socket that reused its number. Whatever a socket doesn't take stays queued on its
+    writer and is written in the background, like any other write.
     """
 
-    __slots__ = ("_batches",)
+    __slots__ = ("_callback", "_loop", "_writers")
 
-    def __init__(self) -> None:
-        self._batches: dict[int, tuple[bytes, list[Writer], list[int]]] = {}
+    _batches: ClassVar[weakref.WeakKeyDictionary[Any, SharedBatch]] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: Any) -> None:
+        self._loop = loop
+        self._writers: list[Writer] = []
+        self._callback: Any = None
+
+    @classmethod
+    def current(cls) -> SharedBatch:
+        """The batch of the current hub."""
+        hub = gevent.get_hub()
+        batch = cls._batches.get(hub)
+        if batch is None:
+            batch = cls._batches[hub] = cls(hub.loop)
+        return batch
 
     def add(self, writer: Writer, frame: bytes) -> None:
-        """Write ``frame`` to ``writer`` in this batch, or queue it."""
-        fd = writer.fileno if writer.idle else -1
-        if fd < 0:
-            writer.queue([frame])
+        """Queue ``frame`` on ``writer``; written in this batch or soon after."""
+        writer.queue([frame])
+        if writer.batched:
+            return  # already in this turn's batch: its frames go out together
+        if writer.buffered == len(frame) and writer.fileno >= 0 and not writer._locked():
+            writer.batched = True
+            self._writers.append(writer)
+            if self._callback is None:
+                self._callback = self._loop.run_callback(self._flush)
+        else:
             writer.write_soon()
-            return
-        batch = self._batches.get(id(frame))
-        if batch is None:
-            batch = self._batches[id(frame)] = (frame, [], [])
-        batch[1].append(writer)
-        batch[2].append(fd)
 
-    def send(self) -> int:
-        """Write the batches; queue what a socket didn't take. Returns how many writers
-        were found lost (their connections report it themselves)."""
-        lost = 0
-        for frame, writers, fds in self._batches.values():
-            for index, sent in send_nowait(fds, frame):
-                if sent < 0:
-                    lost += 1
-                    continue
-                writer = writers[index]
-                writer.queue_rest(frame, sent)
+    def _flush(self) -> None:
+        # A loop callback: must not block nor raise, and doesn't switch greenlets.
+        self._callback = None
+        writers, self._writers = self._writers, []
+        groups: dict[Any, tuple[list[Chunk], list[Writer], list[int]]] = {}
+        for writer in writers:
+            writer.batched = False
+            chunks = writer._chunks
+            fd = writer.fileno
+            if (
+                fd < 0
+                or not chunks
+                or writer._view is not None
+                or writer._locked()
+                or writer.buffered > _JOIN_LIMIT
+            ):
+                writer.write_soon()  # changed since it joined: its own way
+                continue
+            key: Any = id(chunks[0]) if len(chunks) == 1 else tuple(map(id, chunks))
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = (chunks, [], [])
+            group[1].append(writer)
+            group[2].append(fd)
+            writer._chunks = []
+            writer.buffered = 0
+        for chunks, group_writers, fds in groups.values():
+            data = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
+            try:
+                incomplete = send_nowait(fds, data)
+            except Exception:  # pragma: no cover - a descriptor out of range
+                incomplete = [(index, 0) for index in range(len(fds))]
+            for index, sent in incomplete:
+                writer = group_writers[index]
+                # Lost (sent < 0): the writer's own write finds the error and fails.
+                writer.queue_rest(data, max(sent, 0))
                 writer.write_soon()
-        self._batches.clear()
-        return lost

@@ -3,7 +3,8 @@
 The message is framed once (:class:`~geventws.core.shared.SharedMessage`) and compressed
 once per permessage-deflate setting; each connection takes it through
 :meth:`Connection.send_shared <geventws.Connection.send_shared>`, and the idle plain
-sockets get it in one batch of non-blocking ``send`` calls made from C
+sockets get everything broadcast to them in one turn of the loop in one non-blocking
+``send``, made from C for all the clients that got the same frames
 (:class:`~geventws._writer.SharedBatch`). Nothing here waits for a client.
 """
 
@@ -33,9 +34,10 @@ def broadcast(
     """Send ``message`` to every open connection in ``connections``; return how many
     it was queued to.
 
-    The frame is built once and written to each idle plain socket right away, if it
-    takes it; whatever a socket can't take now, and everything for TLS or client-side
-    connections, is written in the background. A connection that already has ``limit``
+    The frame is built once and queued on each connection; it is written as soon as
+    the calling greenlet yields, together with whatever else is broadcast before that
+    (one ``send`` per client for a burst of messages); what a socket can't take then is
+    written in the background. A connection that already has ``limit``
     bytes (64 KiB by default) waiting is a slow consumer and is *skipped* for this
     message, as is one in the middle of sending a fragmented message (its frames can't
     be interrupted by another message). Never blocks on a slow client and never raises
@@ -48,14 +50,12 @@ def broadcast(
     next message without the earlier context, since its peer's window changed.
     """
     shared = SharedMessage(message, binary, compress)
-    batch = SharedBatch()
+    batch = SharedBatch.current()
     queued = 0
-    # Nothing in this loop switches greenlets or runs user code: each descriptor the
-    # batch collects still belongs to its connection when the batch is sent.
     for connection in connections if isinstance(connections, (set, list)) else list(connections):
         try:
             if connection.send_shared(shared, limit=limit, batch=batch):
                 queued += 1
         except Exception as exc:  # one bad connection must not stop the broadcast
             logger.debug("broadcast to %r failed: %s", connection, exc)
-    return queued - batch.send()
+    return queued

@@ -376,9 +376,9 @@ class Connection:
 
         Returns False when it is skipped: the connection is not open, it is sending a
         fragmented message, or it already has ``limit`` bytes waiting (a slow
-        consumer). With a ``batch``, an idle plain socket gets the frame in the batch's
-        one round of non-blocking sends (:meth:`SharedBatch.send`); otherwise the frame
-        is written when this greenlet yields.
+        consumer). The frame is written when this greenlet yields; with a ``batch``
+        (:meth:`SharedBatch.current`), together with the other shared frames of this
+        turn of the loop, in one ``send`` per connection.
         """
         transport = self._transport
         if transport is None:

@@ -194,6 +194,74 @@ def test_broadcast_never_raises() -> None:
     assert geventws.broadcast([Broken()], "x") == 0  # type: ignore[list-item]
 
 
+def test_broadcasts_in_one_turn_go_out_together_and_in_order(serve: Any) -> None:
+    """Everything broadcast before the broadcasting greenlet yields reaches a client in
+    one write, in order with the connection's own messages."""
+    done: queue.Queue[list[int]] = queue.Queue()
+    early: queue.Queue[bytes] = queue.Queue()
+
+    def handler(connection: Connection, request: Request) -> None:
+        if request.path == "/publisher":
+            connection.receive(timeout=10)
+            connections = list(server.server.connections)  # type: ignore[union-attr]
+            counts = [geventws.broadcast(connections, "one")]
+            # The listener's end, peeked from here: nothing is written before a yield.
+            with listener.sock.dup() as peek:
+                peek.setblocking(False)
+                try:
+                    early.put(peek.recv(64, socket.MSG_PEEK))
+                except BlockingIOError:
+                    early.put(b"")
+            connection.send("two")  # only to the publisher, between two broadcasts
+            counts.append(geventws.broadcast(connections, "three"))
+            done.put(counts)
+        connection.receive(timeout=30)
+
+    server = serve(handler)
+    listener = RawClient(server.port)
+    publisher = RawClient(server.port, "/publisher")
+    assert wait_for(lambda: server.server is not None and len(server.server.connections) == 2)
+    publisher.send(client_frame(1, b"go"))
+    assert done.get(timeout=10) == [2, 2]
+    assert early.get(timeout=10) == b""
+    # One recv gets both frames: they were written by one send.
+    assert listener.sock.recv(65536) == b"\x81\x03one\x81\x05three"
+    assert [publisher.read_frame()[2] for _ in range(3)] == [b"one", b"two", b"three"]
+    for client in (listener, publisher):
+        client.close()
+
+
+def test_broadcast_to_a_connection_aborted_before_the_write(serve: Any) -> None:
+    """A connection that ends between the broadcast and its write is skipped: the others
+    get the message, nothing raises, nothing leaks."""
+    done: queue.Queue[int] = queue.Queue()
+
+    def handler(connection: Connection, request: Request) -> None:
+        if request.path == "/publisher":
+            connection.receive(timeout=10)
+            connections = sorted(
+                server.server.connections,  # type: ignore[union-attr]
+                key=lambda c: c.request.path,
+            )
+            count = geventws.broadcast(connections, "x")
+            connections[0].abort()  # "/doomed", before this greenlet yields
+            done.put(count)
+        connection.receive(timeout=30)
+
+    server = serve(handler)
+    doomed = RawClient(server.port, "/doomed")
+    assert wait_for(lambda: server.server is not None and len(server.server.connections) == 1)
+    publisher = RawClient(server.port, "/publisher")
+    assert wait_for(lambda: len(server.server.connections) == 2)  # type: ignore[union-attr]
+    publisher.send(client_frame(1, b"go"))
+    assert done.get(timeout=10) == 2
+    assert publisher.read_frame()[1:] == (1, b"x")
+    with pytest.raises((EOFError, ConnectionResetError)):
+        doomed.read_frame()
+    for client in (doomed, publisher):
+        client.close()
+
+
 def test_thousands_of_connections_leave_nothing_behind(serve: Any) -> None:
     counts: queue.Queue[int] = queue.Queue()
     server = serve(echo)
