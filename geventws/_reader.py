@@ -203,12 +203,17 @@ class Reader:
         if protocol.pending:
             self.process(b"", False)
             return
+        into = protocol.receive_buffer()  # a large frame's own buffer, if any
+        data: Union[bytes, int]
         try:
             if deadline is None or deadline.unbounded:
-                data = self._sock.recv(_RECV_SIZE)
+                data = self._sock.recv(_RECV_SIZE) if into is None else self._sock.recv_into(into)
             else:
                 with deadline.timeout():
-                    data = self._sock.recv(_RECV_SIZE)
+                    if into is None:
+                        data = self._sock.recv(_RECV_SIZE)
+                    else:
+                        data = self._sock.recv_into(into)
         except TimeoutError:
             raise  # the deadline (an OSError too, but not a lost connection)
         except OSError as exc:
@@ -219,16 +224,20 @@ class Reader:
 
     # -- what was read ------------------------------------------------------------------
 
-    def process(self, data: bytes, eof: bool) -> None:
+    def process(self, data: Union[bytes, int], eof: bool) -> None:
         """Feed ``data`` (or the end of the transport) to the protocol: messages to the
         queue, answers to the writer, pongs to the keepalive, the end to ``finish()``.
-        Never blocks, so nothing it took from the protocol can be lost."""
+        An ``int`` is the count of bytes read into the protocol's
+        :meth:`~geventws.core.protocol.Protocol.receive_buffer`. Never blocks, so
+        nothing it took from the protocol can be lost."""
         protocol = self._protocol
         if eof:
             protocol.receive_eof()
             events: list[Any] = []
+        elif type(data) is int:
+            events = protocol.received_into(data)
         else:
-            events = protocol.receive_data(data)
+            events = protocol.receive_data(data)  # type: ignore[arg-type]
         output = protocol.data_to_send()
         if output:  # pongs, the close echo
             self._writer.queue(output)

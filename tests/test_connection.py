@@ -385,20 +385,19 @@ def test_send_interrupted_at_every_switch_point(interruption: Any) -> None:
         connection.abort()
 
 
-def receiving_scenario() -> tuple[Connection, Peer, Callable[[], Any]]:
-    """Three messages and two pings, trickling in; the operation receives them."""
+Scenario = tuple[Connection, Peer, Callable[[], Any]]
+
+
+def receiver(trickle: Callable[[RawPeer], None], count: int) -> Scenario:
+    """A connection whose peer runs ``trickle`` once the operation, receiving ``count``
+    messages into ``connection.got``, waits; the peer then reads until the close."""
     ours, theirs = tcp_pair()
     got: list[Any] = []
 
     def script(peer: Peer) -> Any:
-        raw = peer.raw
         peer.go.wait(10)  # the receiver is waiting already
-        for n in range(3):
-            raw.send(client_frame(9, b"p%d" % n)[:3])  # a frame split across reads
-            time.sleep(0.005)  # trickling in: the receiver waits (switches) each time
-            raw.send(client_frame(9, b"p%d" % n)[3:] + client_frame(1, b"m%d" % n))
-            time.sleep(0.005)
-        return read_all(raw)
+        trickle(peer.raw)
+        return read_all(peer.raw)
 
     connection = server_connection(ours)
     connection.got = got  # type: ignore[attr-defined]
@@ -406,26 +405,63 @@ def receiving_scenario() -> tuple[Connection, Peer, Callable[[], Any]]:
 
     def operation() -> None:
         peer.go.set()
-        for _ in range(3):
+        for _ in range(count):
             got.append(connection.receive())
 
     return connection, peer, operation
 
 
+def receiving_scenario() -> Scenario:
+    """Three messages and two pings, trickling in; the operation receives them."""
+
+    def trickle(raw: RawPeer) -> None:
+        for n in range(3):
+            raw.send(client_frame(9, b"p%d" % n)[:3])  # a frame split across reads
+            time.sleep(0.005)  # trickling in: the receiver waits (switches) each time
+            raw.send(client_frame(9, b"p%d" % n)[3:] + client_frame(1, b"m%d" % n))
+            time.sleep(0.005)
+
+    return receiver(trickle, 3)
+
+
+def large_receiving_scenario() -> Scenario:
+    """A 256 KiB message trickling in (read into its own buffer once a quarter of it is
+    there), then a small one; the operation receives both."""
+    wire = client_frame(2, BIG) + client_frame(1, b"after")
+
+    def trickle(raw: RawPeer) -> None:
+        for start in range(0, len(wire), 32768):
+            raw.send(wire[start : start + 32768])
+            time.sleep(0.002)  # the receiver waits (switches) in between
+
+    return receiver(trickle, 2)
+
+
+RECEIVING = [
+    pytest.param(
+        receiving_scenario, ["m0", "m1", "m2"], [(10, b"p0"), (10, b"p1"), (10, b"p2")], id="small"
+    ),
+    pytest.param(large_receiving_scenario, [BIG, "after"], [], id="large"),
+]
+
+
 @pytest.mark.parametrize("interruption", INTERRUPTIONS)
-def test_receive_interrupted_at_every_switch_point(interruption: Any) -> None:
-    total = count_switches(receiving_scenario)
+@pytest.mark.parametrize(("scenario", "messages", "pongs"), RECEIVING)
+def test_receive_interrupted_at_every_switch_point(
+    interruption: Any, scenario: Callable[[], Scenario], messages: list[Any], pongs: list[Any]
+) -> None:
+    total = count_switches(scenario)
     assert total >= 3
     for at in injection_points(total):
-        connection, peer, operation = receiving_scenario()
+        connection, peer, operation = scenario()
         SwitchPoints(at, interruption).run(operation)
         got = connection.got  # type: ignore[attr-defined]
-        while len(got) < 3:
+        while len(got) < len(messages):
             got.append(connection.receive(timeout=10))
-        assert got == ["m0", "m1", "m2"], f"interrupted at switch {at}"
+        assert got == messages, f"interrupted at switch {at}"
         connection.close()
         frames, code = peer.finish()
-        assert sorted(frames) == [(10, b"p0"), (10, b"p1"), (10, b"p2")]
+        assert sorted(frames) == pongs
         assert code == 1000
         connection.abort()
 

@@ -415,3 +415,65 @@ def test_control_payload_limits_on_send() -> None:
         p.send_ping(b"x" * 126)
     with pytest.raises(ValueError):
         p.send_pong(b"x" * 126)
+
+
+# -- large frames read into a buffer of their own --------------------------------------
+
+
+def test_large_frame_is_read_into_its_own_buffer() -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    data = frame(2, payload) + frame(1, b"after")
+    protocol = server()
+    assert protocol.receive_buffer() is None  # nothing announced yet
+    assert protocol.receive_data(data[:100_000]) == []
+    assert protocol.receive_buffer() is None  # less than a quarter of the frame
+    assert protocol.receive_data(data[100_000:300_000]) == []
+    view = protocol.receive_buffer()
+    assert view is not None and len(view) == len(frame(2, payload)) - 300_000
+    rest = data[300_000:]
+    events = []
+    while (view := protocol.receive_buffer()) is not None:
+        count = min(len(view), 300_000)  # recv_into, in pieces
+        view[:count] = rest[:count]
+        rest = rest[count:]
+        events += protocol.received_into(count)
+    assert events == [payload]
+    assert protocol.receive_data(rest) == ["after"]
+
+
+def test_large_frame_buffer_only_after_a_quarter_arrived() -> None:
+    """A header alone doesn't make the protocol allocate the frame's size."""
+    protocol = server(max_size=None)
+    announced = frame(2, b"x" * 2**22)  # 4 MiB announced
+    assert protocol.receive_data(announced[:20]) == []
+    assert protocol.receive_buffer() is None
+    assert protocol.receive_data(announced[20 : 2**20]) == []
+    assert protocol.receive_buffer() is None  # just under a quarter
+    assert protocol.receive_data(announced[2**20 : 2**20 + 100]) == []
+    assert protocol.receive_buffer() is not None  # a quarter is here
+
+
+def test_large_frame_buffer_mixed_with_receive_data() -> None:
+    payload = b"y" * 200_000
+    data = frame(2, payload) + frame(1, b"next")
+    protocol = server()
+    assert protocol.receive_data(data[:60_000]) == []
+    view = protocol.receive_buffer()
+    assert view is not None
+    view[:1000] = data[60_000:61_000]
+    assert protocol.received_into(1000) == []
+    # Fed as bytes now: what the buffer holds is taken back, in order.
+    assert protocol.receive_data(data[61_000:]) == [payload, "next"]
+    assert protocol.receive_buffer() is None
+
+
+def test_large_frame_buffer_dropped_when_the_connection_fails() -> None:
+    protocol = server()
+    data = frame(2, b"z" * 100_000)
+    assert protocol.receive_data(data[:50_000]) == []
+    view = protocol.receive_buffer()
+    assert view is not None
+    protocol.receive_eof()  # the transport ended meanwhile
+    assert protocol.receive_buffer() is None
+    view[:10] = data[50_000:50_010]
+    assert protocol.received_into(10) == []  # ignored

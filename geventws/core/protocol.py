@@ -35,17 +35,15 @@ from __future__ import annotations
 import codecs
 import os
 import struct
-from typing import Optional, Union
+from typing import ClassVar, Optional, Union
 
 from ..exceptions import (
-    ConnectionClosed,
-    ConnectionClosedError,
-    ConnectionClosedOK,
     InvalidState,
     ProtocolError,
 )
 from .assembler import DEFAULT_MAX_FRAGMENTS, Assembler
 from .deflate import Deflate
+from .ending import Ending
 from .events import Close, Event, Ping, Pong, Side, State
 from .frames import (
     KNOWN_OPCODES,
@@ -82,11 +80,13 @@ _FIN = 0x80
 _RSV1 = 0x40
 _RSV_MASK = 0x70
 # Headers of unmasked, unfragmented frames under 126 bytes, by length: the hot path.
+#: A payload at least this large is unmasked (or copied) from a view of the input.
+_VIEW_PAYLOAD = 4096
 _TEXT_HEADERS = [bytes((0x81, n)) for n in range(126)]
 _BINARY_HEADERS = [bytes((0x82, n)) for n in range(126)]
 
 
-class Protocol:
+class Protocol(Ending):
     """One WebSocket connection's framing and state, for either side.
 
     ``max_size`` bounds a reassembled message (and so any frame) in bytes; ``None``:
@@ -104,12 +104,15 @@ class Protocol:
     __slots__ = (
         "_buffer",
         "_client",
+        "_filled",
+        "_frame",
         "_max_fragments",
         "_message",
         "_out_decoder",
         "_out_frag",
         "_output",
         "_pending_error",
+        "_want",
         "close_rcvd",
         "close_sent",
         "deflate",
@@ -120,6 +123,10 @@ class Protocol:
         "side",
         "state",
     )
+
+    #: A frame at least this large is read into a buffer of its own
+    #: (:meth:`receive_buffer`).
+    large_frame: ClassVar[int] = 65536
 
     def __init__(
         self,
@@ -144,6 +151,11 @@ class Protocol:
         self.eof_rcvd = False
         self._client = side is Side.CLIENT
         self._buffer: Union[bytes, bytearray] = b""  # unparsed input; a bytearray grows
+        # A large frame being read into a buffer of its own (see receive_buffer), and
+        # how much of it is there; the size of the incomplete frame _parse stopped at.
+        self._frame: Optional[bytearray] = None
+        self._filled = 0
+        self._want = 0
         self._output: list[bytes] = []
         # The message being reassembled from fragments: made for the first one.
         self._message: Optional[Assembler] = None
@@ -168,7 +180,7 @@ class Protocol:
 
     # -- receiving ------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: Union[bytes, bytearray]) -> list[Event]:
         """Feed bytes read from the transport; return the events they complete.
 
         Never raises for bad input: a violation fails the connection instead (see the
@@ -184,6 +196,8 @@ class Protocol:
             self.fail(self._pending_error)
             self._buffer = b""
             return []
+        if self._frame is not None:  # fed bytes instead of receive_buffer(): go back
+            self._buffer, self._frame = self._frame[: self._filled], None
         buffer: Union[bytes, bytearray]
         if self._buffer:
             if type(self._buffer) is bytes:
@@ -206,9 +220,47 @@ class Protocol:
             return events
         if consumed == len(buffer):
             self._buffer = b""
+            return events
+        want = self._want
+        if want >= self.large_frame and (len(buffer) - consumed) * 4 >= want:
+            # A large frame, a quarter of it here: give it a buffer of its size, so the
+            # rest is read into place (receive_buffer) and the payload copied once.
+            # Never more than four times what the peer actually sent.
+            frame = self._frame = bytearray(want)
+            self._filled = len(buffer) - consumed
+            frame[: self._filled] = memoryview(buffer)[consumed:]
+            self._buffer = b""
         elif consumed or buffer is not self._buffer:
             self._buffer = bytes(buffer[consumed:])
         return events
+
+    def receive_buffer(self) -> Optional[memoryview]:
+        """Where to read the next bytes into, for a large frame; ``None``: read any
+        amount and pass it to :meth:`receive_data`.
+
+        Once the header of a frame of :attr:`large_frame` bytes or more has arrived with at least a
+        quarter of the frame, the frame gets a buffer of its own size: read into the
+        returned view (``recv_into``), then call :meth:`received_into` with the count,
+        before anything else touches the protocol. Mixing in :meth:`receive_data`
+        stays correct (the bytes are moved back).
+        """
+        frame = self._frame
+        if frame is None or self.state is State.CLOSED:
+            return None
+        return memoryview(frame)[self._filled :]
+
+    def received_into(self, count: int) -> list[Event]:
+        """``count`` bytes were read into :meth:`receive_buffer`'s view; return the
+        events they complete (as :meth:`receive_data`); ignored once the connection
+        failed meanwhile. The end of the transport is :meth:`receive_eof`."""
+        frame = self._frame
+        if frame is None:
+            return []
+        self._filled += count
+        if self._filled < len(frame):
+            return []
+        self._frame = None
+        return self.receive_data(frame)
 
     def _parse(self, buf: Union[bytes, bytearray], events: list[Event]) -> int:
         """Parse every complete frame in ``buf``; return the number of bytes used."""
@@ -218,6 +270,7 @@ class Protocol:
         max_size = self.max_size
         append = events.append
         message = self._message
+        self._want = 0
         while end - pos >= 2:
             b0 = buf[pos]
             b1 = buf[pos + 1]
@@ -250,8 +303,17 @@ class Protocol:
                 header += 4
             stop = pos + header + length
             if stop > end:
+                self._want = stop - pos
                 break
-            if masked:
+            if length >= _VIEW_PAYLOAD:  # copied once, from a view
+                with memoryview(buf) as view:
+                    if masked:
+                        payload = apply_mask(
+                            view[stop - length : stop], view[pos + header - 4 : pos + header]
+                        )
+                    else:
+                        payload = bytes(view[stop - length : stop])
+            elif masked:
                 payload = apply_mask(buf[pos + header : stop], buf[pos + header - 4 : pos + header])
             elif client:
                 payload = bytes(buf[pos + header : stop])
@@ -339,6 +401,7 @@ class Protocol:
         self.eof_rcvd = True
         self.state = State.CLOSED
         self._buffer = b""
+        self._frame = None
         self.pending = False  # nothing more will be parsed
         self._pending_error = None
 
@@ -514,6 +577,7 @@ class Protocol:
         side gives up (a keepalive timeout, a send timeout): ``error`` then carries the
         code to report (1011, 1008)."""
         self.error = error
+        self._frame = None
         if self.close_sent is None and self.state is not State.CLOSED:
             self._send_close(Close(error.code, _short_reason(str(error))))
         self.state = State.CLOSED
@@ -529,62 +593,6 @@ class Protocol:
         if output:
             self._output = []
         return output
-
-    # -- how it ends ------------------------------------------------------------------
-
-    @property
-    def close_transport(self) -> bool:
-        """True once the TCP connection should be closed: the closing handshake is over,
-        the connection failed, or the transport ended."""
-        return self.state is State.CLOSED
-
-    @property
-    def shutdown_first(self) -> bool:
-        """Whether this side ends TCP first once :attr:`close_transport` is true
-        (RFC 6455 §7.1.1): the server does, and so does a client that failed the
-        connection itself (it owes the server nothing more). Otherwise the client waits
-        for the server to close."""
-        return not self._client or self.error is not None
-
-    @property
-    def close_code(self) -> Optional[int]:
-        """How the connection closed, ``None`` while it is not closed yet.
-
-        The code this side failed the connection with (protocol error, message too
-        big, keepalive or send timeout); else the code in the peer's close frame (1005
-        when it had none); else 1006: the transport ended without a closing handshake.
-        """
-        if self.error is not None:
-            return self.error.code
-        if self.close_rcvd is not None:
-            return self.close_rcvd.code
-        if self.eof_rcvd:
-            return CloseCode.ABNORMAL_CLOSURE
-        return None
-
-    @property
-    def close_reason(self) -> Optional[str]:
-        """The reason matching :attr:`close_code` (``""`` when none was given)."""
-        if self.error is not None:
-            return str(self.error)
-        if self.close_rcvd is not None:
-            return self.close_rcvd.reason
-        return "" if self.eof_rcvd else None
-
-    def closed_exception(self) -> ConnectionClosed:
-        """The exception an operation on this closed (or closing) connection raises:
-        :class:`~geventws.ConnectionClosedOK` for 1000, 1001 and 1005,
-        :class:`~geventws.ConnectionClosedError` otherwise. While only our close frame
-        is out, it reports the code we sent."""
-        code = self.close_code
-        if code is None:
-            sent = self.close_sent
-            code, reason = (sent.code, sent.reason) if sent is not None else (1006, "")
-        else:
-            reason = self.close_reason or ""
-        if code in OK_CLOSE_CODES:
-            return ConnectionClosedOK(code, reason)
-        return ConnectionClosedError(code, reason)
 
 
 def _has_message(events: list[Event]) -> bool:

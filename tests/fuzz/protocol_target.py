@@ -186,7 +186,7 @@ class _Run:
     def __init__(self, side: Side, config: Config) -> None:
         self.side = side
         self.config = config
-        self.protocol = Protocol(side, max_size=config.max_size, deflate=config.codec())
+        self.protocol = _SmallFrames(side, max_size=config.max_size, deflate=config.codec())
         codec = self.protocol.deflate
         self.checker = OutputChecker(
             masked=side is Side.CLIENT,
@@ -230,7 +230,7 @@ class _Run:
         error_before = p.error
         if not p.eof_rcvd:
             self.fed += data
-        events = p.receive_data(data)  # must never raise
+        events = _feed(p, data)  # must never raise
         frames = self.flush()
         self.events += events
         if ended_before:
@@ -391,10 +391,31 @@ def _act(run: _Run, fdp: DataProvider) -> None:
         run.send_fragment(data, binary, bool(op & 0x20), COMPRESS[(op >> 6) % 3])
     else:
         assert kind == EOF
-        run.eof_while_pending = run.protocol.pending
+        # Sticky: a later end of file (ignored) must not hide the first one's.
+        run.eof_while_pending |= run.protocol.pending
         run.protocol.receive_eof()
         assert run.protocol.state is State.CLOSED and run.protocol.close_transport
         assert run.flush() == []
+
+
+class _SmallFrames(Protocol):
+    """A protocol that reads frames of 16 bytes or more into their own buffer, as it
+    does 64 KiB ones, so the fuzzer's short inputs reach that path."""
+
+    __slots__ = ()
+    large_frame = 16
+
+
+def _feed(p: Protocol, data: bytes) -> list[Event]:
+    """Give ``data`` to ``p`` in one call, the way the I/O layer does: read into the
+    buffer ``receive_buffer()`` hands out when it holds ``data`` (as ``recv_into``
+    would have), else through ``receive_data()`` (which then takes the bytes of that
+    buffer back)."""
+    view = p.receive_buffer()
+    if view is not None and data and len(data) <= len(view):
+        view[: len(data)] = data
+        return p.received_into(len(data))
+    return p.receive_data(data)
 
 
 def run(data: bytes, side: Side, with_deflate: bool) -> None:
