@@ -4,7 +4,10 @@ targets (server or client side, with or without permessage-deflate).
 An input is a configuration (``max_size``, the codec's negotiated parameters, read
 from the end of the input) and a script of steps: feed the next N wire bytes (N chosen
 by the input, so any chunking), ``receive_data(b"")``, application sends of every
-kind, end of file. After every step the target checks:
+kind, end of file. Feeds go through ``receive_buffer()``/``received_into()`` when the
+protocol hands out a large frame's buffer and the feed fits it, as the I/O layer's
+``recv_into`` does (frames of 16 bytes or more count as large here). After every step
+the target checks:
 
 * ``receive_data`` never raises; events are ``str``, ``bytes``, ``Ping``, ``Pong`` or
   ``Close`` (last, and recorded in ``close_rcvd``); messages fit ``max_size``;
