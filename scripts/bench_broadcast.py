@@ -21,10 +21,12 @@ Scenarios:
 
 Servers: geventws, gevent-ceiling (the raw gevent ceiling: one blocking sendall per
 client of the frames one recv brought), picows, node-ws, gevent-websocket (Nagle on, as
-its users have it), websockets.
+its users have it), websockets; geventws-baseline, an earlier geventws checkout given
+with --baseline PATH (see bench_echo.py), for before/after figures in the same run.
 
 Usage: python scripts/bench_broadcast.py [--rounds 3] [--seconds 5]
-       [--servers ...] [--scenarios 1000,10000,1000-deflate] [--write-results]
+       [--servers ...] [--scenarios 1000,10000,1000-deflate] [--baseline PATH]
+       [--write-results]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import sys
 import time
 from typing import Callable, NamedTuple
 
+import bench_echo
 from bench_echo import (
     BENCH,
     RESULT_HEADER,
@@ -45,6 +48,7 @@ from bench_echo import (
     ensure_node_modules,
     measure,
     milliseconds,
+    python_for,
     raise_fd_limit,
     report,
     result_row,
@@ -66,7 +70,7 @@ SCENARIOS = {
     "1000-deflate": Scenario(1000, 16, 1024, True),
 }
 #: The servers that implement permessage-deflate.
-DEFLATE_SERVERS = {"geventws", "node-ws", "websockets"}
+DEFLATE_SERVERS = {"geventws", "geventws-baseline", "node-ws", "websockets"}
 
 
 def command_for(compressed: bool) -> Callable[[str, int], list[str]]:
@@ -76,7 +80,8 @@ def command_for(compressed: bool) -> Callable[[str, int], list[str]]:
             return [sys.executable, str(BENCH / "ceiling.py"), str(port), "broadcast"]
         if name == "node-ws":
             return ["node", str(BENCH / "ws_server.js"), str(port), "broadcast", *mode]
-        return [sys.executable, str(BENCH / "broadcast_app.py"), name, str(port), *mode]
+        app = str(BENCH / "broadcast_app.py")
+        return [*python_for(name), app, name.removesuffix("-baseline"), str(port), *mode]
 
     return command
 
@@ -119,10 +124,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--baseline", help="checkout run as geventws-baseline")
     parser.add_argument(
         "--write-results", action="store_true", help="write scripts/bench/BROADCAST.rst"
     )
     args = parser.parse_args()
+    bench_echo.BASELINE = args.baseline
     ensure_node_modules()
     raise_fd_limit()
     servers = [s for s in args.servers.split(",") if s]
@@ -151,6 +158,7 @@ def main() -> int:
     command = (
         f"python scripts/bench_broadcast.py --rounds {args.rounds} --seconds {args.seconds:g} "
         f"--servers {','.join(servers)} --scenarios {','.join(scenarios)}"
+        f"{' --baseline CHECKOUT' if args.baseline else ''}"
     )
     caption = (
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, loopback, "

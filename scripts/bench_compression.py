@@ -14,8 +14,11 @@ Scenarios:
             1 KiB compressed message first (so both compression contexts exist), and
             geventws without compression for reference
 
+With ``--baseline PATH``, an earlier geventws checkout runs beside them as
+geventws-baseline (see bench_echo.py), for before/after figures in the same run.
+
 Usage: python scripts/bench_compression.py [--rounds 3] [--seconds 5] [--idle 5000]
-       [--write-results]
+       [--baseline PATH] [--write-results]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import os
 import time
 
+import bench_echo
 from bench_echo import (
     BENCH,
     Sample,
@@ -34,6 +38,7 @@ from bench_echo import (
     idle_run,
     raise_fd_limit,
     report,
+    rotated,
     server_command,
 )
 
@@ -46,7 +51,7 @@ SCENARIOS = {
 def command(name: str, port: int) -> list[str]:
     if name == "geventws (no compression)":
         return server_command(name, port, "--compression", "none")
-    if name == "geventws":
+    if name in ("geventws", "geventws-baseline"):
         return server_command(name, port, "--compression-threshold", "0")
     return server_command("websockets-deflate", port)
 
@@ -58,6 +63,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--idle", type=int, default=5000, help="idle connections (0 to skip)")
+    parser.add_argument("--baseline", help="checkout run as geventws-baseline")
     parser.add_argument(
         "--write-results", action="store_true", help="write scripts/bench/COMPRESSION.rst"
     )
@@ -65,10 +71,13 @@ def main() -> int:
     ensure_node_modules()
     raise_fd_limit()
     servers = ["geventws", "websockets"]
+    if args.baseline:
+        bench_echo.BASELINE = args.baseline
+        servers.append("geventws-baseline")
     results: dict[tuple[str, str], list[Sample]] = {}
     for round_ in range(args.rounds):
         for scenario, params in SCENARIOS.items():
-            for name in servers:
+            for name in rotated(servers, round_):
                 server = Server(name, command)
                 try:
                     result = echo_run(server, seconds=args.seconds, compress=True, **params)  # type: ignore[arg-type]
@@ -96,7 +105,8 @@ def main() -> int:
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, loopback, "
         f"compression on at equal settings, {args.rounds} interleaved rounds of "
         f"{args.seconds:g} s, medians (``python scripts/bench_compression.py --rounds "
-        f"{args.rounds} --seconds {args.seconds:g} --idle {args.idle}``)."
+        f"{args.rounds} --seconds {args.seconds:g} --idle {args.idle}"
+        f"{' --baseline CHECKOUT' if args.baseline else ''}``)."
     )
     header, rows = echo_rows(results, list(SCENARIOS), servers, memory)
     report(caption, header, rows, BENCH / "COMPRESSION.rst" if args.write_results else None)

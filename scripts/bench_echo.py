@@ -19,6 +19,9 @@ Servers:
   node-ws           Node's ws package as a server (scripts/bench/ws_server.js)
   gevent-websocket  gevent-websocket's WSGI handler on gevent's pywsgi, monkey-patched
   websockets        websockets' asyncio server
+  geventws-baseline an earlier geventws, from the checkout given with --baseline PATH
+                    (a git worktree with its accelerator built: python setup.py
+                    build_ext --inplace), for before/after figures in the same run
 
 Scenarios:
   handshake  50 parallel loops of: open a connection, send 32 bytes, get the echo,
@@ -32,7 +35,7 @@ Latencies (p50/p99) are round trips: from the send of a message to its echo's ar
 
 Usage: python scripts/bench_echo.py [--rounds 3] [--seconds 5] [--idle 10000]
        [--servers geventws,gevent-ceiling,...] [--scenarios handshake,small,...]
-       [--write-results]
+       [--baseline PATH] [--write-results]
 Needs: pip install -e '.[bench]' and picows; npm install in scripts/bench (done on
 first run).
 """
@@ -58,6 +61,29 @@ HERE = Path(__file__).resolve().parent
 BENCH = HERE / "bench"
 TICKS = os.sysconf("SC_CLK_TCK")
 SERVERS = ["geventws", "gevent-ceiling", "picows", "node-ws", "gevent-websocket", "websockets"]
+#: The checkout that "geventws-baseline" runs (``--baseline``).
+BASELINE: Optional[str] = None
+
+
+def python_for(name: str) -> list[str]:
+    """The start of a Python command line that imports geventws from the ``--baseline``
+    checkout for "geventws-baseline", the installed one otherwise; what follows it is
+    ``-m MODULE ARGS`` or ``SCRIPT ARGS``, as for ``python``."""
+    if name != "geventws-baseline":
+        return [sys.executable]
+    if BASELINE is None:
+        raise SystemExit("geventws-baseline needs --baseline PATH")
+    bootstrap = (
+        "import runpy, sys\n"
+        f"sys.path.insert(0, {BASELINE!r})\n"
+        "if sys.argv[1] == '-m':\n"
+        "    del sys.argv[:2]\n"
+        "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
+        "else:\n"
+        "    del sys.argv[0]\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+    )
+    return [sys.executable, "-c", bootstrap]
 
 
 @dataclass(frozen=True)
@@ -117,7 +143,7 @@ def server_command(name: str, port: int, *flags: str) -> list[str]:
     serve`` flags (geventws only)."""
     if name.startswith("geventws"):
         return [
-            sys.executable,
+            *python_for(name),
             "-m",
             "geventws",
             "serve",
@@ -126,9 +152,7 @@ def server_command(name: str, port: int, *flags: str) -> list[str]:
             str(port),
             "--max-size",
             "64MiB",
-            "--log-level",
-            "warning",
-            *flags,
+            *flags,  # logging at its default, INFO: one access line per connection
         ]
     if name == "gevent-ceiling":
         return [sys.executable, str(BENCH / "ceiling.py"), str(port)]
@@ -313,6 +337,14 @@ def versions(servers: list[str]) -> str:
         check=False,
     ).stdout.strip()
     parts = [f"geventws at {revision}"] if revision else []
+    if BASELINE is not None and "geventws-baseline" in servers:
+        base = subprocess.run(
+            ["git", "-C", BASELINE, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        parts.append(f"geventws-baseline at {base or BASELINE}")
     parts.append(f"Python {platform.python_version()}")
     for name, dist in [
         ("geventws", "geventws"),
@@ -445,10 +477,13 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=10000, help="idle connections (0 to skip)")
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--baseline", help="checkout run as geventws-baseline")
     parser.add_argument(
         "--write-results", action="store_true", help="write scripts/bench/RESULTS.rst"
     )
     args = parser.parse_args()
+    global BASELINE  # noqa: PLW0603 - set once, from the command line
+    BASELINE = args.baseline
     ensure_node_modules()
     raise_fd_limit()
     servers = [s for s in args.servers.split(",") if s]
@@ -488,6 +523,8 @@ def main() -> int:
         f"python scripts/bench_echo.py --rounds {args.rounds} --seconds {args.seconds:g} "
         f"--idle {args.idle} --servers {','.join(servers)} --scenarios {','.join(scenarios)}"
     )
+    if BASELINE is not None:
+        command += " --baseline CHECKOUT"
     caption = (
         f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, loopback, "
         f"{args.rounds} interleaved rounds of {args.seconds:g} s, medians, "
