@@ -490,9 +490,8 @@ class Connection:
         messages arrive, and it is restored when the broker is back). Accepts a pending
         handshake first. Raises :class:`~geventws.ConnectionClosed` on a closed
         connection, :class:`InvalidState` on a client connection, :class:`ValueError`
-        for a topic that isn't a non-empty string. Subscribing twice is harmless. A
-        connection leaves all its topics when it closes.
-        """
+        for a topic that isn't a non-empty string. Subscribing twice is harmless; a
+        connection leaves all its topics when it closes."""
         registry = self._require_topics()
         transport = self._transport or self._ensure_open()
         if transport.protocol.state is not State.OPEN:
@@ -522,12 +521,9 @@ class Connection:
         that isn't valid UTF-8 (nothing is sent), :class:`InvalidState` on a client
         connection.
         """
-        return self._require_topics().publish(
-            topic,
-            bytes(message) if isinstance(message, (bytearray, memoryview)) else message,
-            binary,
-            exclude=self,
-        )
+        if isinstance(message, (bytearray, memoryview)):
+            message = bytes(message)
+        return self._require_topics().publish(topic, message, binary, exclude=self)
 
     def _require_topics(self) -> Topics:
         registry = self._registry

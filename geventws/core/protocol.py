@@ -24,10 +24,8 @@ The caller then closes the TCP connection once the close frame is written
 States: ``OPEN`` → ``CLOSING`` (a close frame was sent or received) → ``CLOSED`` (both
 were, or the transport ended). After sending a close, messages the peer sent before it
 saw our close are still delivered (RFC 6455 §1.4), but pings are no longer answered;
-after receiving a close, nothing more is parsed. How the connection ended (the close
-code, its reason and the exception a closed connection raises) is derived here, in one
-place: :attr:`Protocol.close_code`, :attr:`Protocol.close_reason`,
-:meth:`Protocol.closed_exception`.
+after receiving a close, nothing more is parsed. How the connection ended is derived
+in one place, :class:`~geventws.core.ending.Ending`, a base of :class:`Protocol`.
 """
 
 from __future__ import annotations
@@ -236,14 +234,11 @@ class Protocol(Ending):
 
     def receive_buffer(self) -> Optional[memoryview]:
         """Where to read the next bytes into, for a large frame; ``None``: read any
-        amount and pass it to :meth:`receive_data`.
-
-        Once the header of a frame of :attr:`large_frame` bytes or more has arrived with at least a
-        quarter of the frame, the frame gets a buffer of its own size: read into the
-        returned view (``recv_into``), then call :meth:`received_into` with the count,
-        before anything else touches the protocol. Mixing in :meth:`receive_data`
-        stays correct (the bytes are moved back).
-        """
+        amount and pass it to :meth:`receive_data`. Once a quarter of a frame of
+        :attr:`large_frame` bytes or more has arrived, it gets a buffer of its size:
+        read into the returned view (``recv_into``), then call :meth:`received_into`
+        with the count, before anything else touches the protocol. Mixing in
+        :meth:`receive_data` stays correct (the bytes are moved back)."""
         frame = self._frame
         if frame is None or self.state is State.CLOSED:
             return None

@@ -43,7 +43,6 @@ import logging
 import os
 from collections import deque
 from typing import Any, Optional
-from urllib.parse import urlsplit
 
 import gevent
 import gevent.event
@@ -52,7 +51,7 @@ import redis.connection
 import redis.exceptions
 
 from .broker import Broker, BrokerUnavailable, RemoteHandler
-from .redis_connections import CONNECTION_CLASSES
+from .redis_connections import connection_settings, redact
 
 __all__ = ["RedisBroker"]
 
@@ -72,33 +71,10 @@ _BATCH_BYTES = 1 << 20
 #: Channels per SUBSCRIBE command.
 _SUBSCRIBE_CHUNK = 1000
 
-#: URL options that belong to redis-py's pool or retry logic, not to a connection: the
-#: broker does its own reconnecting and health checks.
-_IGNORED_OPTIONS = (
-    "max_connections",
-    "timeout",
-    "retry",
-    "retry_on_timeout",
-    "retry_on_error",
-    "health_check_interval",
-)
-
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _redact(url: str) -> str:
-    """``url`` without credentials or query, for logs."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"unix://{parts.path}"
-    host = parts.hostname or "localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 # -- the broker -------------------------------------------------------------------------
@@ -173,28 +149,9 @@ class RedisBroker(Broker):
         backoff_max: float = 10.0,
         **options: Any,
     ) -> None:
-        scheme = urlsplit(url).scheme.lower()
-        if scheme not in CONNECTION_CLASSES:
-            raise ValueError(f"not a Redis URL: {_redact(url)!r}")
-        parse_url: Any = redis.connection.parse_url  # untyped in redis-py
-        kwargs: dict[str, Any] = parse_url(url)
-        kwargs.pop("connection_class", None)
-        for name in _IGNORED_OPTIONS:
-            kwargs.pop(name, None)
-        kwargs.update(options)
-        kwargs.setdefault("socket_timeout", timeout)
-        kwargs.setdefault("socket_connect_timeout", timeout)
-        # RESP2 arrays for pub/sub messages; bytes; no health check inside redis-py
-        # (it would read on the subscriber connection, which only the reader reads).
-        kwargs.update(health_check_interval=0, decode_responses=False, protocol=2)
-        self._connection_class = CONNECTION_CLASSES[scheme]
-        self._kwargs = kwargs
-        try:
-            self._connection_class(**kwargs)  # checks the options; connects nothing
-        except (TypeError, redis.exceptions.RedisError) as exc:
-            raise ValueError(f"bad Redis URL or option: {exc}") from exc
+        self._connection_class, self._kwargs = connection_settings(url, timeout, options)
         #: The URL without credentials, as logged.
-        self.url = _redact(url)
+        self.url = redact(url)
         self._prefix = prefix.encode("utf-8")
         self._timeout = timeout
         self._health_interval = health_interval

@@ -1,4 +1,5 @@
-"""redis-py connections on gevent sockets, for :class:`~geventws.pubsub.redis.RedisBroker`.
+"""redis-py connections on gevent sockets, from a Redis URL, for
+:class:`~geventws.pubsub.redis.RedisBroker`.
 
 redis-py's connection classes open standard-library sockets, which block the whole hub
 unless the process is monkey-patched. These subclasses open them with
@@ -12,13 +13,25 @@ from __future__ import annotations
 
 import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 import gevent.ssl
 import redis.connection
 import redis.exceptions
 from gevent import socket as gsocket
 
-__all__ = ["CONNECTION_CLASSES"]
+__all__ = ["CONNECTION_CLASSES", "connection_settings", "redact"]
+
+#: URL options that belong to redis-py's pool or retry logic, not to a connection: the
+#: broker does its own reconnecting and health checks.
+_IGNORED_OPTIONS = (
+    "max_connections",
+    "timeout",
+    "retry",
+    "retry_on_timeout",
+    "retry_on_error",
+    "health_check_interval",
+)
 
 
 def _tcp_socket(conn: Any) -> Any:
@@ -125,3 +138,43 @@ CONNECTION_CLASSES: dict[str, type[Any]] = {
     "rediss": _GeventSSLConnection,
     "unix": _GeventUnixConnection,
 }
+
+
+def redact(url: str) -> str:
+    """``url`` without credentials or query, for logs."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def connection_settings(
+    url: str, timeout: float, options: dict[str, Any]
+) -> tuple[type[Any], dict[str, Any]]:
+    """The connection class and keyword arguments of a broker connection to ``url``:
+    redis-py's URL options, then ``options``, ``timeout`` for connecting and for each
+    reply unless given; RESP2, bytes, and no health check inside redis-py (it would
+    read on the subscriber connection, which only the broker's reader reads). Raises
+    :class:`ValueError` for a URL or option that redis-py does not accept."""
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in CONNECTION_CLASSES:
+        raise ValueError(f"not a Redis URL: {redact(url)!r}")
+    parse_url: Any = redis.connection.parse_url  # untyped in redis-py
+    kwargs: dict[str, Any] = parse_url(url)
+    kwargs.pop("connection_class", None)
+    for name in _IGNORED_OPTIONS:
+        kwargs.pop(name, None)
+    kwargs.update(options)
+    kwargs.setdefault("socket_timeout", timeout)
+    kwargs.setdefault("socket_connect_timeout", timeout)
+    kwargs.update(health_check_interval=0, decode_responses=False, protocol=2)
+    connection_class = CONNECTION_CLASSES[scheme]
+    try:
+        connection_class(**kwargs)  # checks the options; connects nothing
+    except (TypeError, redis.exceptions.RedisError) as exc:
+        raise ValueError(f"bad Redis URL or option: {exc}") from exc
+    return connection_class, kwargs
