@@ -609,6 +609,18 @@ def alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+def rewrite(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` and move its modification time on by two seconds.
+
+    Python trusts a cached ``.pyc`` whose recorded source mtime (whole seconds) and
+    size match, so a same-size version written within the second of the last import
+    would bring back the old code.
+    """
+    later = path.stat().st_mtime + 2
+    path.write_text(text)
+    os.utime(path, (later, later))
+
+
 def test_reload_restarts_on_a_change(cli: Any, tmp_path: Path) -> None:
     module = tmp_path / "versioned.py"
     module.write_text(VERSIONED.format(version="v1"))
@@ -619,7 +631,7 @@ def test_reload_restarts_on_a_change(cli: Any, tmp_path: Path) -> None:
     assert answer(served.port) == "v1"
     with connect(f"ws://127.0.0.1:{served.port}") as held:
         assert held.recv(timeout=10) == "v1"
-        module.write_text(VERSIONED.format(version="v2"))
+        rewrite(module, VERSIONED.format(version="v2"))
         # The old server stops gracefully: its connections get 1001.
         with pytest.raises(ConnectionClosedOK):
             held.recv(timeout=30)
@@ -628,10 +640,10 @@ def test_reload_restarts_on_a_change(cli: Any, tmp_path: Path) -> None:
     assert wait_for(lambda: "changes in versioned.py: restarting" in served.output(), 30)
     assert answers(served.port, "v2"), served.output()
     # A module that doesn't import: the reloader waits for the next change.
-    module.write_text("def broken(:\n")
+    rewrite(module, "def broken(:\n")
     assert wait_for(lambda: "restarting at the next change" in served.output(), 30)
     assert "geventws: error: module 'versioned' failed to import: SyntaxError" in served.output()
-    module.write_text(VERSIONED.format(version="v3"))
+    rewrite(module, VERSIONED.format(version="v3"))
     assert answers(served.port, "v3"), served.output()
     pids = [int(pid) for pid in re.findall(r"started server process (\d+)", served.output())]
     served.process.send_signal(signal.SIGINT)
@@ -659,7 +671,7 @@ def test_reload_watches_the_reload_dirs_only(cli: Any, tmp_path: Path) -> None:
     assert answer(served.port) == "v1"
     (tmp_path / "elsewhere.py").write_text("x = 1\n")  # not watched
     (watched / "notes.txt").write_text("not python\n")  # not *.py
-    (watched / "app.py").write_text(VERSIONED.format(version="v2"))
+    rewrite(watched / "app.py", VERSIONED.format(version="v2"))
     assert wait_for(lambda: "restarting" in served.output(), 30)
     assert "changes in app.py: restarting" in served.output()
     assert "elsewhere" not in served.output() and "notes.txt" not in served.output()

@@ -226,6 +226,15 @@ def test_packaging_sdist_carries_tests_docs_and_license(dists: Dists) -> None:
     ):
         assert needed in names, needed
     assert not [n for n in names if n.endswith((".pyc", ".so")) or "node_modules" in n]
+    # Everything the test suite and the scripts read, extension or not (the fuzz
+    # corpus, the captured handshakes, scripts/fuzz), is in.
+    skipped = {"__pycache__", "node_modules", "results"}
+    for top in ("tests", "scripts"):
+        for path in (ROOT / top).rglob("*"):
+            relative = path.relative_to(ROOT)
+            if path.is_file() and not skipped & set(relative.parts):
+                if not path.name.endswith((".pyc", ".so")):
+                    assert relative.as_posix() in names, relative
 
 
 # -- each documented install ---------------------------------------------------------------
