@@ -147,9 +147,12 @@ class Writer:
     def fileno(self) -> int:
         """The descriptor of a plain socket that may be written directly (see
         :class:`SharedBatch`), or -1 (TLS, closed)."""
-        if self._raw is None or self._failure is not None:
+        raw = self._raw
+        # Once the gevent socket is closed its OS socket is replaced (and the number
+        # may belong to another socket soon): the identity check sees it.
+        if raw is None or self._failure is not None or self._sock._sock is not raw:
             return -1
-        return int(self._sock.fileno())
+        return int(raw.fileno())
 
     @property
     def failed(self) -> bool:
@@ -349,39 +352,58 @@ class SharedBatch:
 
     def add(self, writer: Writer, frame: bytes) -> None:
         """Queue ``frame`` on ``writer``; written in this batch or soon after."""
-        writer.queue([frame])
-        if writer.batched:
-            return  # already in this turn's batch: its frames go out together
-        if writer.buffered == len(frame) and writer.fileno >= 0 and not writer._locked():
-            writer.batched = True
-            self._writers.append(writer)
-            if self._callback is None:
-                self._callback = self._loop.run_callback(self._flush)
-        else:
-            writer.write_soon()
+        self.add_all([writer], [frame])
+
+    def add_all(self, writers: list[Writer], frames: list[bytes]) -> None:
+        """:meth:`add` each frame of ``frames`` to the writer at the same index."""
+        # Writer.queue() and the checks inlined: this runs once per delivery.
+        joined = self._writers
+        for writer, frame in zip(writers, frames, strict=True):
+            if writer._failure is not None:
+                continue
+            writer._chunks.append(frame)
+            before = writer.buffered
+            writer.buffered = before + len(frame)
+            if writer.batched:
+                continue  # already in this turn's batch: its frames go out together
+            lock = writer._lock
+            if before == 0 and writer._raw is not None and (lock is None or not lock.locked()):
+                writer.batched = True
+                joined.append(writer)
+            else:
+                writer.write_soon()
+        if joined and self._callback is None:
+            self._callback = self._loop.run_callback(self._flush)
 
     def _flush(self) -> None:
         # A loop callback: must not block nor raise, and doesn't switch greenlets.
         self._callback = None
         writers, self._writers = self._writers, []
         groups: dict[Any, tuple[list[Chunk], list[Writer], list[int]]] = {}
+        last_key: Any = None
+        group: tuple[list[Chunk], list[Writer], list[int]] = ([], [], [])
         for writer in writers:
             writer.batched = False
             chunks = writer._chunks
-            fd = writer.fileno
+            lock = writer._lock
+            raw = writer._raw  # (Writer.fileno inlined)
+            fd = raw.fileno() if writer._sock._sock is raw and writer._failure is None else -1
             if (
                 fd < 0
                 or not chunks
                 or writer._view is not None
-                or writer._locked()
+                or (lock is not None and lock.locked())
                 or writer.buffered > _JOIN_LIMIT
             ):
                 writer.write_soon()  # changed since it joined: its own way
                 continue
             key: Any = id(chunks[0]) if len(chunks) == 1 else tuple(map(id, chunks))
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = (chunks, [], [])
+            if key != last_key:  # (consecutive writers mostly got the same frames)
+                found = groups.get(key)
+                if found is None:
+                    found = groups[key] = (chunks, [], [])
+                group = found
+                last_key = key
             group[1].append(writer)
             group[2].append(fd)
             writer._chunks = []

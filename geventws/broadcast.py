@@ -1,8 +1,10 @@
 """Sending one message to many connections: :func:`broadcast`.
 
 The message is framed once (:class:`~geventws.core.shared.SharedMessage`) and compressed
-once per permessage-deflate setting; each connection takes it through
-:meth:`Connection.send_shared <geventws.Connection.send_shared>`, and the idle plain
+once per permessage-deflate setting; each open server connection takes the frame its
+protocol picks (:meth:`Protocol.send_shared
+<geventws.core.protocol.Protocol.send_shared>`; any other connection goes through
+:meth:`Connection.send_shared <geventws.Connection.send_shared>`), and the idle plain
 sockets get everything broadcast to them in one turn of the loop in one non-blocking
 ``send``, made from C for all the clients that got the same frames
 (:class:`~geventws._writer.SharedBatch`). Nothing here waits for a client.
@@ -13,14 +15,18 @@ from __future__ import annotations
 import logging
 from typing import Iterable, Optional, Union
 
-from ._writer import HIGH_WATER, SharedBatch
+from ._writer import HIGH_WATER, SharedBatch, Writer
 from .connection import Connection
 from .core.frames import BytesLike
+from .core.protocol import State
 from .core.shared import SharedMessage
+from .exceptions import InvalidState
 
 __all__ = ["broadcast"]
 
 logger = logging.getLogger("geventws.server")
+
+_OPEN = State.OPEN
 
 
 def broadcast(
@@ -51,11 +57,28 @@ def broadcast(
     """
     shared = SharedMessage(message, binary, compress)
     batch = SharedBatch.current()
+    # The common case inlined (this runs once per delivery): an open server connection
+    # with room in its queue takes the frame its protocol picks; the batch writes it.
+    # Anything else goes through Connection.send_shared, which says why it is skipped.
+    writers: list[Writer] = []
+    frames: list[bytes] = []
     queued = 0
     for connection in connections if isinstance(connections, (set, list)) else list(connections):
         try:
+            transport = connection._transport
+            if transport is not None:
+                protocol = transport.protocol
+                writer = transport.writer
+                if protocol.state is _OPEN and not protocol._client and writer.buffered < limit:
+                    try:
+                        frames.append(protocol.send_shared(shared))
+                    except InvalidState:  # closing, or sending a fragmented message
+                        continue
+                    writers.append(writer)
+                    continue
             if connection.send_shared(shared, limit=limit, batch=batch):
                 queued += 1
         except Exception as exc:  # one bad connection must not stop the broadcast
             logger.debug("broadcast to %r failed: %s", connection, exc)
-    return queued
+    batch.add_all(writers, frames)
+    return queued + len(writers)

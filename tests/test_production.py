@@ -186,12 +186,47 @@ def test_broadcast_reaches_everyone_and_skips_slow_clients(serve: Any) -> None:
 
 def test_broadcast_never_raises() -> None:
     class Broken:
-        _broadcast_raw = None
+        _transport = None
 
-        def _send_prepared(self, prepared: object, limit: int) -> bool:
+        def send_shared(self, *args: object, **kwargs: object) -> bool:
             raise RuntimeError("boom")
 
     assert geventws.broadcast([Broken()], "x") == 0  # type: ignore[list-item]
+
+
+def test_broadcast_skips_closing_connections_and_masks_client_frames(serve: Any) -> None:
+    """A server connection whose closing handshake started is skipped (nothing after
+    its close frame); a client connection in the same broadcast gets its own masked
+    frame, which a server accepts."""
+    done: queue.Queue[tuple[int, Any]] = queue.Queue()
+    echo_server = serve(echo)
+
+    def handler(connection: Connection, request: Request) -> None:
+        if request.path == "/closing":
+            connection.receive(timeout=10)
+            connection.close()
+            return
+        connection.receive(timeout=10)
+        connections = list(server.server.connections)  # type: ignore[union-attr]
+        with geventws.connect(echo_server.url) as client:
+            count = geventws.broadcast([*connections, client], "x")
+            done.put((count, client.receive(timeout=10)))
+        connection.receive(timeout=30)
+
+    server = serve(handler)
+    closing = RawClient(server.port, "/closing")
+    assert wait_for(lambda: server.server is not None and len(server.server.connections) == 1)
+    closing.send(client_frame(1, b"close"))
+    assert closing.read_frame()[1] == 8  # the server's close frame: it is closing
+    publisher = RawClient(server.port, "/publisher")
+    assert wait_for(lambda: len(server.server.connections) == 2)  # type: ignore[union-attr]
+    publisher.send(client_frame(1, b"go"))
+    assert done.get(timeout=10) == (2, "x")  # the publisher and the client
+    assert publisher.read_frame()[1:] == (1, b"x")
+    closing.send(client_frame(8, struct.pack("!H", 1000)))
+    assert closing.read_until_close() == ([], None)  # nothing after the close frame
+    for client in (closing, publisher):
+        client.close()
 
 
 def test_broadcasts_in_one_turn_go_out_together_and_in_order(serve: Any) -> None:

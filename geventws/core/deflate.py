@@ -143,6 +143,9 @@ class DeflateOptions:
         )
 
 
+_SETTINGS: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+
+
 class Deflate:
     """One connection's negotiated permessage-deflate codec.
 
@@ -163,6 +166,7 @@ class Deflate:
         "options",
         "remote_no_context_takeover",
         "remote_window_bits",
+        "settings",
     )
 
     def __init__(
@@ -184,6 +188,11 @@ class Deflate:
         self.local_no_context_takeover = local_no_context_takeover
         self.remote_no_context_takeover = remote_no_context_takeover
         self.can_compress = local_window_bits >= 9
+        settings = (local_window_bits, options.mem_level, options.level)
+        #: What the compressed output depends on: window bits, memory level, level.
+        #: Connections with equal settings can share a :meth:`compress_shared` payload.
+        #: (One tuple per distinct value, shared by the connections that have it.)
+        self.settings: tuple[int, int, int] = _SETTINGS.setdefault(settings, settings)
         self._compressor: Optional[zlib._Compress] = None
         self._decompressor: Optional[zlib._Decompress] = None
 
@@ -196,12 +205,6 @@ class Deflate:
         if not self.can_compress or compress is False:
             return False
         return compress is True or size >= self.options.threshold
-
-    @property
-    def settings(self) -> tuple[int, int, int]:
-        """What the compressed output depends on: window bits, memory level, level.
-        Connections with equal settings can share a :meth:`compress_shared` payload."""
-        return self.local_window_bits, self.options.mem_level, self.options.level
 
     def _new_compressor(self) -> zlib._Compress:
         options = self.options
