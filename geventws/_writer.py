@@ -236,6 +236,15 @@ class Writer:
             if self._view is not None:
                 return False  # the socket took part of it: it is full
 
+    def make_room(self, limit: int) -> bool:
+        """Whether fewer than ``limit`` bytes wait once what a plain socket takes right
+        now is written (never blocks). Bytes queued in this turn of the loop had no
+        chance to be written yet (a burst of broadcasts, see :class:`SharedBatch`):
+        only what the socket refuses makes a slow consumer."""
+        if self.buffered >= limit:
+            self.write_nowait()
+        return self.buffered < limit
+
     def _next(self) -> Optional[memoryview]:
         """What to write next: the rest in flight, else the queued chunks (joined while
         small), recorded as in flight *before* anything can block."""

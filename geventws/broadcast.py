@@ -43,9 +43,10 @@ def broadcast(
     The frame is built once and queued on each connection; it is written as soon as
     the calling greenlet yields, together with whatever else is broadcast before that
     (one ``send`` per client for a burst of messages); what a socket can't take then is
-    written in the background. A connection that already has ``limit``
-    bytes (64 KiB by default) waiting is a slow consumer and is *skipped* for this
-    message, as is one in the middle of sending a fragmented message (its frames can't
+    written in the background. A connection with ``limit`` bytes (64 KiB by default)
+    still waiting once its socket took what it can is a slow consumer and is *skipped*
+    for this message (a burst within one turn is never held against a client that
+    reads), as is one in the middle of sending a fragmented message (its frames can't
     be interrupted by another message). Never blocks on a slow client and never raises
     for a connection's failure (logged at DEBUG on ``geventws.server``). Raises
     :class:`ValueError` for bytes sent as text that aren't valid UTF-8.
@@ -69,7 +70,11 @@ def broadcast(
             if transport is not None:
                 protocol = transport.protocol
                 writer = transport.writer
-                if protocol.state is _OPEN and not protocol._client and writer.buffered < limit:
+                if (
+                    protocol.state is _OPEN
+                    and not protocol._client
+                    and (writer.buffered < limit or writer.make_room(limit))
+                ):
                     try:
                         frames.append(protocol.send_shared(shared))
                     except InvalidState:  # closing, or sending a fragmented message

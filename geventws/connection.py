@@ -375,8 +375,8 @@ class Connection:
         :func:`~geventws.broadcast` and topics use), never blocking.
 
         Returns False when it is skipped: the connection is not open, it is sending a
-        fragmented message, or it already has ``limit`` bytes waiting (a slow
-        consumer). The frame is written when this greenlet yields; with a ``batch``
+        fragmented message, or ``limit`` bytes still wait once its socket took what
+        it can (a slow consumer). The frame is written when this greenlet yields; with a ``batch``
         (:meth:`SharedBatch.current`), together with the other shared frames of this
         turn of the loop, in one ``send`` per connection.
         """
@@ -385,7 +385,7 @@ class Connection:
             return False
         protocol = transport.protocol
         writer = transport.writer
-        if protocol.state is not State.OPEN or writer.buffered >= limit:
+        if protocol.state is not State.OPEN or not writer.make_room(limit):
             return False
         if self.side is Side.CLIENT:  # client frames are masked each: no sharing
             if protocol.sending_fragments:

@@ -266,6 +266,43 @@ def test_broadcasts_in_one_turn_go_out_together_and_in_order(serve: Any) -> None
         client.close()
 
 
+def start_publishing(server: Any, first_path: str) -> tuple[RawClient, RawClient]:
+    """Connect a client on ``first_path``, then one on "/publisher", and have the
+    publisher say "go"; return both."""
+    first = RawClient(server.port, first_path)
+    assert wait_for(lambda: server.server is not None and len(server.server.connections) == 1)
+    publisher = RawClient(server.port, "/publisher")
+    assert wait_for(lambda: len(server.server.connections) == 2)
+    publisher.send(client_frame(1, b"go"))
+    return first, publisher
+
+
+def test_a_burst_over_the_limit_in_one_turn_reaches_a_reading_client(serve: Any) -> None:
+    """Broadcasts in one turn of the loop that together pass ``limit`` are not held
+    against a client that reads: the batch is written out as it passes the limit, and
+    no message is skipped (the soak found gaps for fresh subscribers)."""
+    done: queue.Queue[list[int]] = queue.Queue()
+    sizes = [40000, 40000, 40000, 30]
+
+    def handler(connection: Connection, request: Request) -> None:
+        if request.path == "/publisher":
+            connection.receive(timeout=10)
+            connections = [
+                c
+                for c in server.server.connections  # type: ignore[union-attr]
+                if c.request is not None and c.request.path == "/listener"
+            ]
+            done.put([geventws.broadcast(connections, "x" * size) for size in sizes])
+        connection.receive(timeout=30)
+
+    server = serve(handler)
+    listener, publisher = start_publishing(server, "/listener")
+    assert done.get(timeout=10) == [1, 1, 1, 1]
+    assert [len(listener.read_frame()[2]) for _ in sizes] == sizes
+    for client in (listener, publisher):
+        client.close()
+
+
 def test_broadcast_to_a_connection_aborted_before_the_write(serve: Any) -> None:
     """A connection that ends between the broadcast and its write is skipped: the others
     get the message, nothing raises, nothing leaks."""
@@ -284,11 +321,7 @@ def test_broadcast_to_a_connection_aborted_before_the_write(serve: Any) -> None:
         connection.receive(timeout=30)
 
     server = serve(handler)
-    doomed = RawClient(server.port, "/doomed")
-    assert wait_for(lambda: server.server is not None and len(server.server.connections) == 1)
-    publisher = RawClient(server.port, "/publisher")
-    assert wait_for(lambda: len(server.server.connections) == 2)  # type: ignore[union-attr]
-    publisher.send(client_frame(1, b"go"))
+    doomed, publisher = start_publishing(server, "/doomed")
     assert done.get(timeout=10) == 2
     assert publisher.read_frame()[1:] == (1, b"x")
     with pytest.raises((EOFError, ConnectionResetError)):
