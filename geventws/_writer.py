@@ -240,7 +240,9 @@ class Writer:
         """Whether fewer than ``limit`` bytes wait once what a plain socket takes right
         now is written (never blocks). Bytes queued in this turn of the loop had no
         chance to be written yet (a burst of broadcasts, see :class:`SharedBatch`):
-        only what the socket refuses makes a slow consumer."""
+        only what the socket refuses makes a slow consumer. (TLS can't be written
+        without waiting: there, everything queued counts.) May fail the transport (a
+        dead socket), which ends the connection at once."""
         if self.buffered >= limit:
             self.write_nowait()
         return self.buffered < limit
@@ -363,13 +365,16 @@ class SharedBatch:
         """Queue ``frame`` on ``writer``; written in this batch or soon after."""
         self.add_all([writer], [frame])
 
-    def add_all(self, writers: list[Writer], frames: list[bytes]) -> None:
-        """:meth:`add` each frame of ``frames`` to the writer at the same index."""
+    def add_all(self, writers: list[Writer], frames: list[bytes]) -> int:
+        """:meth:`add` each frame of ``frames`` to the writer at the same index; return
+        how many were queued (a failed writer drops its frame)."""
         # Writer.queue() and the checks inlined: this runs once per delivery.
         joined = self._writers
+        queued = 0
         for writer, frame in zip(writers, frames, strict=True):
             if writer._failure is not None:
                 continue
+            queued += 1
             writer._chunks.append(frame)
             before = writer.buffered
             writer.buffered = before + len(frame)
@@ -383,6 +388,7 @@ class SharedBatch:
                 writer.write_soon()
         if joined and self._callback is None:
             self._callback = self._loop.run_callback(self._flush)
+        return queued
 
     def _flush(self) -> None:
         # A loop callback: must not block nor raise, and doesn't switch greenlets.

@@ -45,11 +45,12 @@ def broadcast(
     (one ``send`` per client for a burst of messages); what a socket can't take then is
     written in the background. A connection with ``limit`` bytes (64 KiB by default)
     still waiting once its socket took what it can is a slow consumer and is *skipped*
-    for this message (a burst within one turn is never held against a client that
-    reads), as is one in the middle of sending a fragmented message (its frames can't
-    be interrupted by another message). Never blocks on a slow client and never raises
-    for a connection's failure (logged at DEBUG on ``geventws.server``). Raises
-    :class:`ValueError` for bytes sent as text that aren't valid UTF-8.
+    for this message (on a plain socket a burst within one turn is never held against
+    a client that reads; over TLS the burst counts), as is one in the middle of
+    sending a fragmented message (its frames can't be interrupted by another message).
+    Never blocks on a slow client and never raises for a connection's failure (logged
+    at DEBUG on ``geventws.server``). Raises :class:`ValueError` for bytes sent as text
+    that aren't valid UTF-8.
 
     With compression, the message is compressed *once* from a fresh deflate stream for
     all the connections that negotiated the same settings (``compress`` and the
@@ -61,29 +62,33 @@ def broadcast(
     # The common case inlined (this runs once per delivery): an open server connection
     # with room in its queue takes the frame its protocol picks; the batch writes it.
     # Anything else goes through Connection.send_shared, which says why it is skipped.
+    # A snapshot of the connections: making room may find a dead socket, and ending
+    # that connection takes it out of its topics' sets at once.
     writers: list[Writer] = []
     frames: list[bytes] = []
     queued = 0
-    for connection in connections if isinstance(connections, (set, list)) else list(connections):
-        try:
-            transport = connection._transport
-            if transport is not None:
-                protocol = transport.protocol
-                writer = transport.writer
-                if (
-                    protocol.state is _OPEN
-                    and not protocol._client
-                    and (writer.buffered < limit or writer.make_room(limit))
-                ):
-                    try:
-                        frames.append(protocol.send_shared(shared))
-                    except InvalidState:  # closing, or sending a fragmented message
+    try:
+        for connection in tuple(connections):
+            try:
+                transport = connection._transport
+                if transport is not None:
+                    protocol = transport.protocol
+                    writer = transport.writer
+                    if (
+                        protocol.state is _OPEN
+                        and not protocol._client
+                        and (writer.buffered < limit or writer.make_room(limit))
+                    ):
+                        try:
+                            frames.append(protocol.send_shared(shared))
+                        except InvalidState:  # closing, or sending a fragmented message
+                            continue
+                        writers.append(writer)
                         continue
-                    writers.append(writer)
-                    continue
-            if connection.send_shared(shared, limit=limit, batch=batch):
-                queued += 1
-        except Exception as exc:  # one bad connection must not stop the broadcast
-            logger.debug("broadcast to %r failed: %s", connection, exc)
-    batch.add_all(writers, frames)
-    return queued + len(writers)
+                if connection.send_shared(shared, limit=limit, batch=batch):
+                    queued += 1
+            except Exception as exc:  # one bad connection must not stop the broadcast
+                logger.debug("broadcast to %r failed: %s", connection, exc)
+    finally:  # what was taken from the protocols is queued, whatever happens
+        queued += batch.add_all(writers, frames)
+    return queued

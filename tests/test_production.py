@@ -266,15 +266,19 @@ def test_broadcasts_in_one_turn_go_out_together_and_in_order(serve: Any) -> None
         client.close()
 
 
-def start_publishing(server: Any, first_path: str) -> tuple[RawClient, RawClient]:
-    """Connect a client on ``first_path``, then one on "/publisher", and have the
-    publisher say "go"; return both."""
-    first = RawClient(server.port, first_path)
-    assert wait_for(lambda: server.server is not None and len(server.server.connections) == 1)
-    publisher = RawClient(server.port, "/publisher")
-    assert wait_for(lambda: len(server.server.connections) == 2)
-    publisher.send(client_frame(1, b"go"))
-    return first, publisher
+def start_publishing(server: Any, *paths: str) -> list[RawClient]:
+    """Connect a client on each of ``paths`` in turn, then one on "/publisher", and
+    have the publisher say "go"; return them all, the publisher last."""
+    clients: list[RawClient] = []
+
+    def all_connected() -> bool:
+        return server.server is not None and len(server.server.connections) == len(clients)
+
+    for path in [*paths, "/publisher"]:
+        clients.append(RawClient(server.port, path))
+        assert wait_for(all_connected)
+    clients[-1].send(client_frame(1, b"go"))
+    return clients
 
 
 def test_a_burst_over_the_limit_in_one_turn_reaches_a_reading_client(serve: Any) -> None:
@@ -300,6 +304,40 @@ def test_a_burst_over_the_limit_in_one_turn_reaches_a_reading_client(serve: Any)
     assert done.get(timeout=10) == [1, 1, 1, 1]
     assert [len(listener.read_frame()[2]) for _ in sizes] == sizes
     for client in (listener, publisher):
+        client.close()
+
+
+def test_a_dead_subscriber_found_while_making_room_stops_no_delivery(serve: Any) -> None:
+    """Making room for a burst may find a dead socket, and ending that connection takes
+    it out of its topic at once, in the middle of the publish: the publish neither
+    raises nor loses the message for the others."""
+    done: queue.Queue[Any] = queue.Queue()
+    payloads = [str(n) * 50000 for n in range(5)]
+
+    def handler(connection: Connection, request: Request) -> None:
+        connection.subscribe("t")
+        if request.path == "/publisher":
+            connection.receive(timeout=10)
+            (victim,) = [
+                c
+                for c in server.server.connections  # type: ignore[union-attr]
+                if c.request is not None and c.request.path == "/dead"
+            ]
+            # What a reset peer looks like to the next write, before the reader sees it.
+            victim._transport.writer._raw.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+            try:
+                done.put([server.server.publish("t", p) for p in payloads])  # type: ignore[union-attr]
+            except Exception as exc:  # the failure this test is about
+                done.put(exc)
+        connection.receive(timeout=30)
+
+    server = serve(handler)
+    reader, dead, publisher = start_publishing(server, "/reader", "/dead")
+    counts = done.get(timeout=10)
+    assert isinstance(counts, list), counts
+    assert counts[:2] == [3, 3] and counts[-1] == 2  # the dead one is gone once found
+    assert [reader.read_frame()[2].decode() for _ in payloads] == payloads
+    for client in (reader, dead, publisher):
         client.close()
 
 
