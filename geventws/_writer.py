@@ -144,17 +144,6 @@ class Writer:
         return not self.buffered and not self._locked()
 
     @property
-    def fileno(self) -> int:
-        """The descriptor of a plain socket that may be written directly (see
-        :class:`SharedBatch`), or -1 (TLS, closed)."""
-        raw = self._raw
-        # Once the gevent socket is closed its OS socket is replaced (and the number
-        # may belong to another socket soon): the identity check sees it.
-        if raw is None or self._failure is not None or self._sock._sock is not raw:
-            return -1
-        return int(raw.fileno())
-
-    @property
     def failed(self) -> bool:
         """Whether the transport failed: nothing more will be written."""
         return self._failure is not None
@@ -395,13 +384,15 @@ class SharedBatch:
         self._callback = None
         writers, self._writers = self._writers, []
         groups: dict[Any, tuple[list[Chunk], list[Writer], list[int]]] = {}
-        last_key: Any = None
-        group: tuple[list[Chunk], list[Writer], list[int]] = ([], [], [])
         for writer in writers:
             writer.batched = False
+            if not writer.buffered:
+                continue  # written meanwhile (Writer.make_room): nothing left
             chunks = writer._chunks
             lock = writer._lock
-            raw = writer._raw  # (Writer.fileno inlined)
+            raw = writer._raw
+            # Once the gevent socket is closed its OS socket is replaced (and the number
+            # may soon belong to another socket): the identity check sees it.
             fd = raw.fileno() if writer._sock._sock is raw and writer._failure is None else -1
             if (
                 fd < 0
@@ -413,12 +404,9 @@ class SharedBatch:
                 writer.write_soon()  # changed since it joined: its own way
                 continue
             key: Any = id(chunks[0]) if len(chunks) == 1 else tuple(map(id, chunks))
-            if key != last_key:  # (consecutive writers mostly got the same frames)
-                found = groups.get(key)
-                if found is None:
-                    found = groups[key] = (chunks, [], [])
-                group = found
-                last_key = key
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = (chunks, [], [])
             group[1].append(writer)
             group[2].append(fd)
             writer._chunks = []

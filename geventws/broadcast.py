@@ -61,7 +61,8 @@ def broadcast(
     batch = SharedBatch.current()
     # The common case inlined (this runs once per delivery): an open server connection
     # with room in its queue takes the frame its protocol picks; the batch writes it.
-    # Anything else goes through Connection.send_shared, which says why it is skipped.
+    # Anything else goes through Connection.send_shared, which says why it is skipped
+    # (its checks are the ones inlined here: keep the two in step).
     # A snapshot of the connections: making room may find a dead socket, and ending
     # that connection takes it out of its topics' sets at once.
     writers: list[Writer] = []

@@ -375,10 +375,10 @@ class Connection:
         :func:`~geventws.broadcast` and topics use), never blocking.
 
         Returns False when it is skipped: the connection is not open, it is sending a
-        fragmented message, or ``limit`` bytes still wait once its socket took what
-        it can (a slow consumer). The frame is written when this greenlet yields; with a ``batch``
-        (:meth:`SharedBatch.current`), together with the other shared frames of this
-        turn of the loop, in one ``send`` per connection.
+        fragmented message, or ``limit`` bytes still wait once its socket took what it
+        can (a slow consumer). Written when this greenlet yields; with a ``batch``
+        (:meth:`SharedBatch.current`), with this turn's other shared frames, in one
+        ``send`` per connection. :func:`~geventws.broadcast` inlines this: keep in step.
         """
         transport = self._transport
         if transport is None:

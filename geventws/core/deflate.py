@@ -143,9 +143,6 @@ class DeflateOptions:
         )
 
 
-_SETTINGS: dict[tuple[int, int, int], tuple[int, int, int]] = {}
-
-
 class Deflate:
     """One connection's negotiated permessage-deflate codec.
 
@@ -188,11 +185,9 @@ class Deflate:
         self.local_no_context_takeover = local_no_context_takeover
         self.remote_no_context_takeover = remote_no_context_takeover
         self.can_compress = local_window_bits >= 9
-        settings = (local_window_bits, options.mem_level, options.level)
         #: What the compressed output depends on: window bits, memory level, level.
         #: Connections with equal settings can share a :meth:`compress_shared` payload.
-        #: (One tuple per distinct value, shared by the connections that have it.)
-        self.settings: tuple[int, int, int] = _SETTINGS.setdefault(settings, settings)
+        self.settings = (local_window_bits, options.mem_level, options.level)
         self._compressor: Optional[zlib._Compress] = None
         self._decompressor: Optional[zlib._Decompress] = None
 
