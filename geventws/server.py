@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import socket as _socket
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import gevent
 from gevent import getcurrent
@@ -69,7 +69,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         if values["backlog"] is not None:
             kwargs["backlog"] = values["backlog"]
         self._handlers = _Handlers()
-        super().__init__(listener, self._serve_connection, spawn=self._handlers.spawn, **kwargs)
+        super().__init__(listener, self._serve_connection, spawn=None, **kwargs)
         self.handler = handler
         self.handshake_timeout: float = values["handshake_timeout"]
         self.close_timeout: float = values["close_timeout"]
@@ -127,6 +127,17 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
 
     # -- one connection ---------------------------------------------------------------
 
+    def do_handle(self, sock: Any, address: Any) -> None:
+        """Serve the socket ``accept`` returned in a greenlet of its own, closed when
+        that greenlet ends (what gevent's ``do_handle`` does, with plain calls in place
+        of its two ``*args`` calls: each of those keeps about 0.4 KiB more C stack saved
+        per waiting connection)."""
+        try:
+            gevent.spawn_raw(self._handlers.serve, self, sock, address)
+        except BaseException:
+            self.do_close(sock, address)
+            raise
+
     def _serve_connection(self, sock: Any, address: Any) -> None:
         serve_connection(
             sock,
@@ -159,16 +170,16 @@ class _Handlers:
     def __len__(self) -> int:
         return len(self.running)
 
-    def spawn(self, function: Callable[..., Any], *args: Any) -> None:
-        """Run ``function(*args)`` in a new greenlet (what the server calls per
-        connection)."""
-        gevent.spawn_raw(self._run, function, args)
-
-    def _run(self, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def serve(self, server: WebSocketServer, sock: Any, address: Any) -> None:
+        """Serve one accepted socket in this greenlet, counted as running, then close
+        it whatever happened (``GreenletExit`` included, and passed on)."""
         current = getcurrent()
         self.running.add(current)
         try:
-            function(*args)
+            try:
+                server._serve_connection(sock, address)
+            finally:
+                server.do_close(sock, address)
         except Exception:  # a bug of ours: say so, and go on serving the others
             logger.exception("unexpected error serving a connection")
         finally:

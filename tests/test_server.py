@@ -202,6 +202,38 @@ def test_handler_exception_is_logged_and_closes_1011(serve: Any, caplog: Any) ->
     assert "boom" in str(record.exc_info[1])
 
 
+def test_a_bug_serving_a_connection_is_logged_and_its_socket_closed(
+    serve: Any, caplog: Any
+) -> None:
+    """An exception escaping the server's own per-connection code (fault injected in
+    place of ``_serve_connection``) is logged, the socket is closed and the greenlet is
+    no longer counted; the server goes on serving."""
+    server = serve(echo)
+    assert server.server is not None
+    real = server.server._serve_connection
+    calls: list[int] = []
+
+    def buggy(sock: Any, address: Any) -> None:
+        if not calls:
+            calls.append(1)
+            raise RuntimeError("bug in serving")
+        real(sock, address)
+
+    server.server._serve_connection = buggy
+    with caplog.at_level(logging.ERROR, logger="geventws.server"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            assert raw.recv(1) == b""  # closed by the server, not left open
+        assert wait_for(
+            lambda: any("unexpected error serving" in r.message for r in caplog.records)
+        )
+    record = next(r for r in caplog.records if "unexpected error serving" in r.message)
+    assert record.exc_info is not None and "bug in serving" in str(record.exc_info[1])
+    assert wait_for(lambda: len(server.server._handlers) == 0)
+    with connect(server.url) as ws:  # the next connection is served
+        ws.send("still here")
+        assert ws.recv(timeout=5) == "still here"
+
+
 def test_handler_exception_before_handshake_answers_500(serve: Any) -> None:
     def handler(connection: Connection, request: Request) -> None:
         raise ValueError("broken before accept")
