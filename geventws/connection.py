@@ -33,7 +33,7 @@ How a connection ends is :mod:`geventws._transport`'s job.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Union
 
 from gevent.event import AsyncResult
 
@@ -279,15 +279,16 @@ class Connection:
                 raise deadline.error()
         return reader.pop()
 
-    def __iter__(self) -> Iterator[Data]:
-        """Yield messages until the connection closes; ends quietly on a normal close
-        (1000, 1001, no code) and raises :class:`~geventws.ConnectionClosedError`
-        otherwise."""
-        while True:
-            try:
-                yield self.receive()
-            except ConnectionClosedOK:
-                return
+    def __iter__(self) -> Connection:
+        """Iterate messages until the connection closes (its own iterator); ends quietly
+        on a normal close (1000, 1001, no code), else raises ConnectionClosedError."""
+        return self
+
+    def __next__(self) -> Data:
+        try:
+            return self.receive()
+        except ConnectionClosedOK:
+            raise StopIteration from None
 
     # -- sending ------------------------------------------------------------------------
 

@@ -574,3 +574,27 @@ def test_testclient_fixture_two_chatters(chat_client: TestClient) -> None:
         left = json.loads(ann.receive(timeout=5))
         assert (left["type"], left["name"]) == ("leave", "bob")
     assert chat_client.topics.topics == frozenset()  # everyone left the room's topic
+
+
+def test_a_connection_is_its_own_iterator() -> None:
+    """``iter(connection)`` is the connection; ``next()`` gives the next message and
+    ``StopIteration`` once the peer has closed normally (1000), every time after."""
+    seen: list[Any] = []
+    ended = gevent.event.Event()
+
+    def handler(connection: Connection, request: Request) -> None:
+        assert iter(connection) is connection
+        seen.append(next(connection))
+        seen.extend(connection)  # the rest, until the close
+        with pytest.raises(StopIteration):
+            next(connection)
+        seen.append("ended")
+        ended.set()
+
+    client = TestClient(handler)
+    with client.connect() as ws:
+        ws.send("one")
+        ws.send(b"two", binary=True)
+        ws.send("three")
+    assert ended.wait(5)
+    assert seen == ["one", b"two", "three", "ended"]
