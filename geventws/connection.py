@@ -280,11 +280,12 @@ class Connection:
         return reader.pop()
 
     def __iter__(self) -> Connection:
-        """Iterate messages until the connection closes (its own iterator); ends quietly
-        on a normal close (1000, 1001, no code), else raises ConnectionClosedError."""
+        """The connection is its own iterator of messages (see :meth:`__next__`)."""
         return self
 
     def __next__(self) -> Data:
+        """:meth:`receive`; ``StopIteration`` on a normal close (1000, 1001, none), and
+        :class:`~geventws.ConnectionClosedError` on any other."""
         try:
             return self.receive()
         except ConnectionClosedOK:
@@ -379,8 +380,7 @@ class Connection:
         fragmented message, or ``limit`` bytes still wait once its socket took what it
         can (a slow consumer). Written when this greenlet yields; with a ``batch``
         (:meth:`SharedBatch.current`), with this turn's other shared frames, in one
-        ``send`` per connection. :func:`~geventws.broadcast` inlines this: keep in step.
-        """
+        ``send`` per connection. :func:`~geventws.broadcast` inlines this: keep in step."""
         transport = self._transport
         if transport is None:
             return False
