@@ -36,7 +36,8 @@ from gevent.event import Event
 
 from ._deadline import Deadline
 from ._writer import Writer
-from .core.protocol import Pong, Protocol, State
+from .core.events import CLOSED
+from .core.protocol import Pong, Protocol
 
 if TYPE_CHECKING:
     from ._transport import Transport
@@ -117,7 +118,7 @@ class Reader:
     @property
     def done(self) -> bool:
         """Whether the transport is to be closed: nothing more to read."""
-        return self._protocol.state is State.CLOSED
+        return self._protocol.state is CLOSED
 
     def start(self, leftover: bytes) -> None:
         """Begin reading; ``leftover`` are bytes read past the handshake."""
@@ -145,7 +146,7 @@ class Reader:
 
     def arm(self) -> None:
         """Nobody reads now: make sure arriving bytes are read (see the module doc)."""
-        if self.reading or self._protocol.state is State.CLOSED:
+        if self.reading or self._protocol.state is CLOSED:
             return
         if len(self.messages) >= self.high:
             self.paused = True  # TCP pushes back until the application catches up
@@ -162,7 +163,7 @@ class Reader:
     def _on_readable(self) -> None:
         # A loop callback: bytes arrived while nobody was reading.
         self._watcher.stop()
-        if not self.reading and self._protocol.state is not State.CLOSED:
+        if not self.reading and self._protocol.state is not CLOSED:
             self._spawn_helper()
 
     def _spawn_helper(self) -> None:
@@ -172,7 +173,7 @@ class Reader:
     def _helper(self) -> None:
         try:
             self._read_once(None)
-            while self._protocol.pending and self._protocol.state is not State.CLOSED:
+            while self._protocol.pending and self._protocol.state is not CLOSED:
                 gevent.sleep(0)  # let the handler answer what came before the close
                 self._read_once(None)
         finally:
@@ -258,7 +259,7 @@ class Reader:
                 # nothing here.
             if new and self._wakeup is not None:
                 self._wakeup.set()
-        if protocol.state is State.CLOSED:
+        if protocol.state is CLOSED:
             self._owner.finish()
 
     def pop(self) -> Data:

@@ -37,8 +37,9 @@ from ._keepalive import Keepalive
 from ._reader import Reader
 from ._sockets import format_address, raw_socket
 from ._writer import HIGH_WATER, SendTimeout, Writer
+from .core.events import CLOSED
 from .core.frames import CloseCode
-from .core.protocol import Protocol, State
+from .core.protocol import Protocol
 from .exceptions import ConnectionClosed, ProtocolError
 from .options import ConnectionSettings
 
@@ -135,7 +136,7 @@ class Transport:
             self._sock.shutdown(_socket.SHUT_RDWR)
         except OSError:
             pass
-        if self.protocol.state is not State.CLOSED:
+        if self.protocol.state is not CLOSED:
             self.protocol.receive_eof()
         self.finish()
 
@@ -159,7 +160,7 @@ class Transport:
         """The writer's transport failed (``exc``): end the link; return what writers
         raise. Never blocks (it may run in a loop callback)."""
         protocol = self.protocol
-        if isinstance(exc, SendTimeout) and protocol.state is not State.CLOSED:
+        if isinstance(exc, SendTimeout) and protocol.state is not CLOSED:
             protocol.fail(ProtocolError("send timed out", CloseCode.POLICY_VIOLATION))
             protocol.data_to_send()  # the peer doesn't read: no close frame
         self.end()

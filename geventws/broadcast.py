@@ -17,16 +17,14 @@ from typing import Iterable, Optional, Union
 
 from ._writer import HIGH_WATER, SharedBatch, Writer
 from .connection import Connection
+from .core.events import OPEN
 from .core.frames import BytesLike
-from .core.protocol import State
 from .core.shared import SharedMessage
 from .exceptions import InvalidState
 
 __all__ = ["broadcast"]
 
 logger = logging.getLogger("geventws.server")
-
-_OPEN = State.OPEN
 
 
 def broadcast(
@@ -76,7 +74,7 @@ def broadcast(
                     protocol = transport.protocol
                     writer = transport.writer
                     if (
-                        protocol.state is _OPEN
+                        protocol.state is OPEN
                         and not protocol._client
                         and (writer.buffered < limit or writer.make_room(limit))
                     ):

@@ -4,10 +4,9 @@
 each: the sans-I/O :class:`~geventws.core.protocol.Protocol` decides everything about
 the protocol, :class:`~geventws._reader.Reader` owns the read side (inline reads, the
 on-demand helper, back-pressure), :class:`~geventws._writer.Writer` the write side (one
-ordered queue, coalesced writes, never a torn frame),
-:class:`~geventws._keepalive.Keepalive` the pings, and
-:class:`~geventws._transport.Transport` ties them together once the handshake is done
-and ends the link. See those modules for their theory of operation.
+ordered queue, coalesced writes, no torn frame), :class:`~geventws._keepalive.Keepalive`
+the pings, and :class:`~geventws._transport.Transport` ties them together once the
+handshake is done and ends the link. See those modules for their theory of operation.
 
 The cancellation contract
 -------------------------
@@ -42,9 +41,10 @@ from ._fragments import Fragmenting, send_fragments
 from ._sockets import SOCKET_ANSWER, HandshakeAnswer, format_address
 from ._transport import Transport
 from ._writer import HIGH_WATER, SharedBatch
+from .core.events import CLOSED, OPEN
 from .core.frames import CloseCode
 from .core.headers import HeadersLike
-from .core.protocol import Protocol, Side, State
+from .core.protocol import Protocol, Side
 from .core.request import Request
 from .core.server_handshake import HandshakeState, ServerHandshake
 from .core.shared import SharedMessage
@@ -262,7 +262,7 @@ class Connection:
             else Deadline(timeout, f"no message received within {timeout} seconds")
         )
         while not reader.messages:
-            if protocol.state is State.CLOSED:
+            if protocol.state is CLOSED:
                 raise protocol.closed_exception()
             if writer.buffered and not writer.write_nowait():
                 # What we sent goes out before we wait, without waiting for it: a peer
@@ -359,7 +359,7 @@ class Connection:
                 protocol, first, iterator, binary=binary, compress=compress, queued=transport.queued
             )
         except Exception:
-            if protocol.sending_fragments and protocol.state is State.OPEN:
+            if protocol.sending_fragments and protocol.state is OPEN:
                 transport.fail(CloseCode.INTERNAL_ERROR, "error in fragmented message")
             raise
         finally:
@@ -386,7 +386,7 @@ class Connection:
             return False
         protocol = transport.protocol
         writer = transport.writer
-        if protocol.state is not State.OPEN or not writer.make_room(limit):
+        if protocol.state is not OPEN or not writer.make_room(limit):
             return False
         if self.side is Side.CLIENT:  # client frames are masked each: no sharing
             if protocol.sending_fragments:
@@ -448,14 +448,14 @@ class Connection:
         reader = transport.reader
         writer = transport.writer
         deadline = Deadline(self._settings.close_timeout)
-        if protocol.state is State.OPEN and protocol.close_sent is None:
+        if protocol.state is OPEN and protocol.close_sent is None:
             protocol.send_close(code, reason)
             writer.queue(protocol.data_to_send())
         try:
             writer.write(deadline)
             # Read until the peer answers and the protocol says the link is over;
             # messages the peer sent meanwhile are queued for receive().
-            while protocol.state is not State.CLOSED:
+            while protocol.state is not CLOSED:
                 if not reader.reading:
                     reader.read(deadline)
                     continue
@@ -465,7 +465,7 @@ class Connection:
                     break
         except (ConnectionClosed, TimeoutError):
             pass
-        if protocol.state is not State.CLOSED:  # no answer in time
+        if protocol.state is not CLOSED:  # no answer in time
             transport.end()
         transport.wait_closed(deadline)
 
@@ -495,7 +495,7 @@ class Connection:
         connection leaves all its topics when it closes."""
         registry = self._require_topics()
         transport = self._transport or self._ensure_open()
-        if transport.protocol.state is not State.OPEN:
+        if transport.protocol.state is not OPEN:
             raise transport.protocol.closed_exception()
         registry.subscribe(self, topic, timeout)
 
@@ -570,7 +570,7 @@ class Connection:
         if transport is None:
             handshake = self._handshake
             return handshake is not None and handshake.state is not HandshakeState.PENDING
-        return transport.protocol.state is not State.OPEN
+        return transport.protocol.state is not OPEN
 
     @property
     def close_code(self) -> Optional[int]:

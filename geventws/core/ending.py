@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK, ProtocolError
-from .events import Close, State
+from .events import CLOSED, Close, State
 from .frames import OK_CLOSE_CODES, CloseCode
 
 __all__ = ["Ending"]
@@ -29,7 +29,7 @@ class Ending:
     def close_transport(self) -> bool:
         """True once the TCP connection should be closed: the closing handshake is over,
         the connection failed, or the transport ended."""
-        return self.state is State.CLOSED
+        return self.state is CLOSED
 
     @property
     def shutdown_first(self) -> bool:

@@ -28,6 +28,13 @@ class State(enum.IntEnum):
     CLOSED = 3
 
 
+# The members as module constants, for the per-message paths: ``State.OPEN`` is an
+# enum lookup (about 60 ns on Python 3.11), a module global about 5.
+OPEN = State.OPEN
+CLOSING = State.CLOSING
+CLOSED = State.CLOSED
+
+
 class _ControlEvent:
     __slots__ = ("data",)
 

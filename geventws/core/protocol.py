@@ -42,7 +42,7 @@ from ..exceptions import (
 from .assembler import DEFAULT_MAX_FRAGMENTS, Assembler
 from .deflate import Deflate
 from .ending import Ending
-from .events import Close, Event, Ping, Pong, Side, State
+from .events import CLOSED, CLOSING, OPEN, Close, Event, Ping, Pong, Side, State
 from .frames import (
     KNOWN_OPCODES,
     MAX_CONTROL_PAYLOAD,
@@ -138,7 +138,7 @@ class Protocol(Ending):
         self.max_size = max_size
         #: The permessage-deflate codec, when the handshake negotiated it.
         self.deflate = deflate
-        self.state = State.OPEN
+        self.state = OPEN
         #: The close frame received from the peer, if any.
         self.close_rcvd: Optional[Close] = None
         #: The close frame sent to the peer, if any.
@@ -240,7 +240,7 @@ class Protocol(Ending):
         with the count, before anything else touches the protocol. Mixing in
         :meth:`receive_data` stays correct (the bytes are moved back)."""
         frame = self._frame
-        if frame is None or self.state is State.CLOSED:
+        if frame is None or self.state is CLOSED:
             return None
         return memoryview(frame)[self._filled :]
 
@@ -387,14 +387,14 @@ class Protocol(Ending):
                 # Echo the code and its reason (RFC 6455 §5.5.1), as browsers, Node's ws
                 # and websockets do; a close without code gets one without.
                 self._send_close(close)
-            self.state = State.CLOSED if self.close_sent is not None else State.CLOSING
+            self.state = CLOSED if self.close_sent is not None else CLOSING
             self._buffer = b""
             events.append(close)
 
     def receive_eof(self) -> None:
         """The transport reached end of file (or was lost): the connection is closed."""
         self.eof_rcvd = True
-        self.state = State.CLOSED
+        self.state = CLOSED
         self._buffer = b""
         self._frame = None
         self.pending = False  # nothing more will be parsed
@@ -415,7 +415,7 @@ class Protocol(Ending):
             self._output.append(payload)
 
     def _check_open(self) -> None:
-        if self.state is not State.OPEN or self.close_sent is not None:
+        if self.state is not OPEN or self.close_sent is not None:
             raise InvalidState(f"cannot send data in state {self.state.name}")
 
     def send_text(self, data: Union[str, BytesLike], compress: Optional[bool] = None) -> None:
@@ -437,11 +437,7 @@ class Protocol(Ending):
     def _send_data(
         self, opcode: int, small_headers: list[bytes], data: bytes, compress: Optional[bool]
     ) -> None:
-        if (
-            self.close_sent is not None
-            or self.state is not State.OPEN
-            or self._out_frag is not None
-        ):
+        if self.close_sent is not None or self.state is not OPEN or self._out_frag is not None:
             self._check_open()
             if self._out_frag is not None:
                 raise InvalidState("a fragmented message is being sent")
@@ -522,11 +518,15 @@ class Protocol(Ending):
         compressor never saw). Raises :class:`InvalidState` on a client, once closing,
         or while a fragmented message is being sent.
         """
-        if self._client:
-            raise InvalidState("client frames are masked per frame: use send_text/send_binary")
-        if self.state is not State.OPEN or self.close_sent is not None:
+        if (
+            self.state is not OPEN
+            or self.close_sent is not None
+            or self._out_frag is not None
+            or self._client
+        ):
+            if self._client:
+                raise InvalidState("client frames are masked per frame: use send_text/send_binary")
             self._check_open()
-        if self._out_frag is not None:
             raise InvalidState("a fragmented message is being sent")
         deflate = self.deflate
         if deflate is not None and deflate.wants(len(message.data), message.compress):
@@ -555,7 +555,7 @@ class Protocol(Ending):
         reason, :class:`InvalidState` if a close frame was already sent.
         """
         payload = serialize_close(code, reason)  # validates before any state change
-        if self.close_sent is not None or self.state is State.CLOSED:
+        if self.close_sent is not None or self.state is CLOSED:
             raise InvalidState("close frame already sent")
         self._send_close(Close(code, reason), payload)
 
@@ -564,7 +564,7 @@ class Protocol(Ending):
             payload = serialize_close(close.code, close.reason)
         self._queue_frame(Opcode.CLOSE, payload)
         self.close_sent = close
-        self.state = State.CLOSED if self.close_rcvd is not None else State.CLOSING
+        self.state = CLOSED if self.close_rcvd is not None else CLOSING
 
     def fail(self, error: ProtocolError) -> None:
         """Fail the connection (RFC 6455 §7.1.7): send a close frame with ``error.code``
@@ -573,9 +573,9 @@ class Protocol(Ending):
         code to report (1011, 1008)."""
         self.error = error
         self._frame = None
-        if self.close_sent is None and self.state is not State.CLOSED:
+        if self.close_sent is None and self.state is not CLOSED:
             self._send_close(Close(error.code, _short_reason(str(error))))
-        self.state = State.CLOSED
+        self.state = CLOSED
 
     @property
     def output_pending(self) -> bool:
