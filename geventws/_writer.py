@@ -383,10 +383,16 @@ class SharedBatch:
         # A loop callback: must not block nor raise, and doesn't switch greenlets.
         self._callback = None
         writers, self._writers = self._writers, []
-        groups: dict[Any, tuple[list[Chunk], list[Writer], list[int]]] = {}
+        Group = tuple[list[Chunk], list[Writer], list[int]]
+        groups: dict[Any, Group] = {}
+        # The group of the last single frame seen: most writers of a turn got just the
+        # same one broadcast, so most find their group without building a key.
+        last: Optional[Chunk] = None
+        last_group: Optional[Group] = None
         for writer in writers:
             writer.batched = False
-            if not writer.buffered:
+            buffered = writer.buffered
+            if not buffered:
                 continue  # written meanwhile (Writer.make_room): nothing left
             chunks = writer._chunks
             lock = writer._lock
@@ -399,14 +405,20 @@ class SharedBatch:
                 or not chunks
                 or writer._view is not None
                 or (lock is not None and lock.locked())
-                or writer.buffered > _JOIN_LIMIT
+                or buffered > _JOIN_LIMIT
             ):
                 writer.write_soon()  # changed since it joined: its own way
                 continue
-            key: Any = id(chunks[0]) if len(chunks) == 1 else tuple(map(id, chunks))
-            group = groups.get(key)
-            if group is None:
-                group = groups[key] = (chunks, [], [])
+            if len(chunks) == 1 and chunks[0] is last and last_group is not None:
+                group = last_group
+            else:
+                key: Any = id(chunks[0]) if len(chunks) == 1 else tuple(map(id, chunks))
+                found = groups.get(key)
+                if found is None:
+                    found = groups[key] = (chunks, [], [])
+                group = found
+                if len(chunks) == 1:
+                    last, last_group = chunks[0], group
             group[1].append(writer)
             group[2].append(fd)
             writer._chunks = []

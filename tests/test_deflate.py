@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import struct
 import tracemalloc
 import zlib
@@ -496,6 +497,32 @@ def test_compress_shared_is_readable_by_any_peer_context() -> None:
     protocol.send_text(message)
     ((_, after),) = server_frames(b"".join(protocol.data_to_send()))
     assert inflate(after, decompressor) == message
+
+
+def test_shared_frames_follow_each_connection_s_settings_in_any_order() -> None:
+    """Connections with equal settings share one compressed frame (their codecs hold
+    the same settings object); interleaved settings each get theirs, every one
+    decoding with its own window, and the plain frame is the uncompressed one."""
+    options = DeflateOptions(threshold=0)
+    offers = [PMD, f"{PMD}; server_max_window_bits=10", PMD, f"{PMD}; server_max_window_bits=10"]
+    servers = [deflate_server(value, options) for value in offers]
+    servers.append(Protocol(Side.SERVER))
+    codecs = [server.deflate for server in servers]
+    assert codecs[0] is not None and codecs[1] is not None and codecs[2] is not None
+    assert codecs[0].settings is codecs[2].settings
+    assert codecs[0].settings != codecs[1].settings
+    # Repeated at a distance of 2,000 bytes: only a window over 1 KiB finds the repeat.
+    text = random.Random(1).randbytes(1000).hex() * 2
+    message = SharedMessage(text)
+    frames = [server.send_shared(message) for server in servers * 2]
+    assert frames[:5] == frames[5:]
+    assert frames[0] is frames[2] and frames[1] is frames[3]
+    assert len(frames[0]) < len(frames[1]) < len(text)
+    for frame, bits in [(frames[0], 15), (frames[1], 10)]:
+        ((first, payload),) = server_frames(frame)
+        assert first == 0xC1  # FIN, RSV1, text
+        assert inflate(payload, zlib.decompressobj(-bits)) == text.encode()
+    assert frames[4] == message.frame and server_frames(frames[4]) == [(0x81, text.encode())]
 
 
 # -- safety: bombs and corrupt streams -------------------------------------------------

@@ -266,6 +266,51 @@ def test_broadcasts_in_one_turn_go_out_together_and_in_order(serve: Any) -> None
         client.close()
 
 
+def test_broadcasts_to_overlapping_sets_in_one_turn_reach_each_client_exactly(
+    serve: Any,
+) -> None:
+    """Within one turn, clients that got the same frames share a write and the others
+    get theirs (a client with one frame or several, the same as another's or not):
+    each client receives exactly what was broadcast to it, in order."""
+    done: queue.Queue[list[int]] = queue.Queue()
+    by_path: dict[str, Connection] = {}
+
+    def handler(connection: Connection, request: Request) -> None:
+        by_path[request.path] = connection
+        try:
+            serve_one(connection, request)
+        finally:  # (a later test counts the Connection objects left)
+            del by_path[request.path]
+
+    def serve_one(connection: Connection, request: Request) -> None:
+        if request.path == "/publisher":
+            connection.receive(timeout=10)
+            a, b, c, d = (by_path[path] for path in ("/a", "/b", "/c", "/d"))
+            counts = [geventws.broadcast([a, b, c], "one"), geventws.broadcast([b, d], "two")]
+            gevent.sleep(0)  # the turn ends: its batch is written
+            counts.append(geventws.broadcast([c], "three"))
+            counts.append(geventws.broadcast([a, b, c, d], "four"))
+            gevent.sleep(0)
+            counts.append(geventws.broadcast([a, b, c, d], "end"))
+            done.put(counts)
+        connection.receive(timeout=30)
+
+    server = serve(handler)
+    clients = start_publishing(server, "/a", "/b", "/c", "/d")
+    assert done.get(timeout=10) == [3, 2, 1, 4, 4]
+    # Nothing more from the first two turns: the next frame is the later "end".
+    expected = {
+        "/a": [b"one", b"four", b"end"],
+        "/b": [b"one", b"two", b"four", b"end"],
+        "/c": [b"one", b"three", b"four", b"end"],
+        "/d": [b"two", b"four", b"end"],
+    }
+    for path, client in zip(expected, clients[:4], strict=True):
+        assert [client.read_frame()[2] for _ in expected[path]] == expected[path], path
+    for client in clients:
+        client.close()
+
+
 def start_publishing(server: Any, *paths: str) -> list[RawClient]:
     """Connect a client on each of ``paths`` in turn, then one on "/publisher", and
     have the publisher say "go"; return them all, the publisher last."""

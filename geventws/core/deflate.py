@@ -106,6 +106,11 @@ def parse_extensions(values: Iterable[str]) -> list[tuple[str, Params]]:
     return result
 
 
+#: Every distinct :attr:`Deflate.settings` once (a few dozen at most): codecs with equal
+#: settings hold the same tuple, so a broadcast finds their shared frame by identity.
+_SETTINGS: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+
+
 class DeflateOptions:
     """The local settings for permessage-deflate, as passed to the server and client.
 
@@ -187,7 +192,8 @@ class Deflate:
         self.can_compress = local_window_bits >= 9
         #: What the compressed output depends on: window bits, memory level, level.
         #: Connections with equal settings can share a :meth:`compress_shared` payload.
-        self.settings = (local_window_bits, options.mem_level, options.level)
+        settings = (local_window_bits, options.mem_level, options.level)
+        self.settings = _SETTINGS.setdefault(settings, settings)
         self._compressor: Optional[zlib._Compress] = None
         self._decompressor: Optional[zlib._Decompress] = None
 

@@ -31,7 +31,7 @@ class SharedMessage:
     codec setting.
     """
 
-    __slots__ = ("_compressed", "_frame", "binary", "compress", "data")
+    __slots__ = ("_compressed", "_frame", "_last", "binary", "compress", "data")
 
     def __init__(
         self, message: Union[str, BytesLike], binary: bool = False, compress: Optional[bool] = None
@@ -41,6 +41,9 @@ class SharedMessage:
         self.compress = compress
         self._frame: Optional[bytes] = None
         self._compressed: dict[tuple[int, int, int], bytes] = {}
+        # The settings last asked for and their frame: equal settings are one tuple
+        # (see Deflate.settings), so the next connection usually matches by identity.
+        self._last: tuple[Optional[tuple[int, int, int]], bytes] = (None, b"")
 
     @property
     def frame(self) -> bytes:
@@ -52,11 +55,16 @@ class SharedMessage:
 
     def compressed_frame(self, deflate: Deflate) -> bytes:
         """The whole frame compressed for connections with ``deflate``'s settings."""
-        frame = self._compressed.get(deflate.settings)
-        if frame is None:
+        settings = deflate.settings
+        last, frame = self._last
+        if settings is last:
+            return frame
+        found = self._compressed.get(settings)
+        if found is None:
             payload = deflate.compress_shared(self.data)
-            frame = self._compressed[deflate.settings] = self._build(payload, _RSV1)
-        return frame
+            found = self._compressed[settings] = self._build(payload, _RSV1)
+        self._last = (settings, found)
+        return found
 
     def _build(self, payload: bytes, rsv: int) -> bytes:
         opcode = Opcode.BINARY if self.binary else Opcode.TEXT
