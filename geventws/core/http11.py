@@ -194,11 +194,12 @@ def parse_response(head: bytes) -> ResponseHead:
     return ResponseHead(status, reason, headers)
 
 
+#: The reason phrase of each status (a dictionary: ``HTTPStatus(101)`` is an enum call).
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+
+
 def _reason(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
+    return _REASONS.get(status, "Unknown")
 
 
 def serialize_response(
