@@ -54,6 +54,8 @@ HIGH_WATER = 65536
 _JOIN_LIMIT = 262144
 
 Chunk = Union[bytes, memoryview]
+#: Writers that got the same frames in one turn: the frames, the writers, their sockets.
+_Group = tuple[list[Chunk], list["Writer"], list[int]]
 _UNKNOWN: Any = object()
 
 
@@ -383,12 +385,11 @@ class SharedBatch:
         # A loop callback: must not block nor raise, and doesn't switch greenlets.
         self._callback = None
         writers, self._writers = self._writers, []
-        Group = tuple[list[Chunk], list[Writer], list[int]]
-        groups: dict[Any, Group] = {}
+        groups: dict[Any, _Group] = {}
         # The group of the last single frame seen: most writers of a turn got just the
         # same one broadcast, so most find their group without building a key.
         last: Optional[Chunk] = None
-        last_group: Optional[Group] = None
+        last_group: Optional[_Group] = None
         for writer in writers:
             writer.batched = False
             buffered = writer.buffered

@@ -499,30 +499,39 @@ def test_compress_shared_is_readable_by_any_peer_context() -> None:
     assert inflate(after, decompressor) == message
 
 
-def test_shared_frames_follow_each_connection_s_settings_in_any_order() -> None:
+def test_shared_frames_follow_each_connection_s_settings_in_a_row_or_interleaved() -> None:
     """Connections with equal settings share one compressed frame (their codecs hold
-    the same settings object); interleaved settings each get theirs, every one
-    decoding with its own window, and the plain frame is the uncompressed one."""
+    the same settings object); with two settings taken in a row or alternately, each
+    connection gets the frame its own window decodes, and a connection without
+    compression the plain frame."""
     options = DeflateOptions(threshold=0)
-    offers = [PMD, f"{PMD}; server_max_window_bits=10", PMD, f"{PMD}; server_max_window_bits=10"]
-    servers = [deflate_server(value, options) for value in offers]
-    servers.append(Protocol(Side.SERVER))
-    codecs = [server.deflate for server in servers]
-    assert codecs[0] is not None and codecs[1] is not None and codecs[2] is not None
-    assert codecs[0].settings is codecs[2].settings
-    assert codecs[0].settings != codecs[1].settings
-    # Repeated at a distance of 2,000 bytes: only a window over 1 KiB finds the repeat.
+    wide, narrow = PMD, f"{PMD}; server_max_window_bits=10"
+    servers = {
+        name: deflate_server(value, options)
+        for name, value in [("a", wide), ("a2", wide), ("b", narrow), ("b2", narrow)]
+    }
+    servers["plain"] = Protocol(Side.SERVER)
+    codecs = {name: server.deflate for name, server in servers.items()}
+    assert codecs["a"] is not None and codecs["a2"] is not None and codecs["b"] is not None
+    assert codecs["a"].settings is codecs["a2"].settings
+    assert codecs["a"].settings != codecs["b"].settings
+    # Repeated at a distance of 2,000 bytes: the 12-bit window (the default) reaches
+    # back far enough to find the repeat, the 10-bit one doesn't.
     text = random.Random(1).randbytes(1000).hex() * 2
-    message = SharedMessage(text)
-    frames = [server.send_shared(message) for server in servers * 2]
-    assert frames[:5] == frames[5:]
-    assert frames[0] is frames[2] and frames[1] is frames[3]
-    assert len(frames[0]) < len(frames[1]) < len(text)
-    for frame, bits in [(frames[0], 15), (frames[1], 10)]:
-        ((first, payload),) = server_frames(frame)
-        assert first == 0xC1  # FIN, RSV1, text
-        assert inflate(payload, zlib.decompressobj(-bits)) == text.encode()
-    assert frames[4] == message.frame and server_frames(frames[4]) == [(0x81, text.encode())]
+    for order in (["a", "a2", "b", "b2", "plain"], ["a", "b", "a2", "b2", "plain"]):
+        message = SharedMessage(text)
+        frames = {name: servers[name].send_shared(message) for name in order}
+        assert frames["a"] is frames["a2"] and frames["b"] is frames["b2"]
+        assert len(frames["a"]) < len(frames["b"]) < len(text)
+        for name in ("a", "b"):
+            codec = codecs[name]
+            assert codec is not None
+            ((first, payload),) = server_frames(frames[name])
+            assert first == 0xC1  # FIN, RSV1, text
+            decoder = zlib.decompressobj(-codec.local_window_bits)
+            assert inflate(payload, decoder) == text.encode()
+        assert frames["plain"] == message.frame
+        assert server_frames(frames["plain"]) == [(0x81, text.encode())]
 
 
 # -- safety: bombs and corrupt streams -------------------------------------------------
