@@ -106,8 +106,9 @@ def parse_extensions(values: Iterable[str]) -> list[tuple[str, Params]]:
     return result
 
 
-#: Every distinct :attr:`Deflate.settings` once (a few dozen at most): codecs with equal
-#: settings hold the same tuple, so a broadcast finds their shared frame by identity.
+#: Every distinct :attr:`Deflate.settings` once (a handful in practice, at most the few
+#: hundred valid combinations): codecs with equal settings hold the same tuple,
+#: so a broadcast finds their shared frame by identity.
 _SETTINGS: dict[tuple[int, int, int], tuple[int, int, int]] = {}
 
 
