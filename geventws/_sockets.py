@@ -70,7 +70,7 @@ def start_tls(
 
 def read_head(sock: Any, chunk: int = 16384) -> Optional[tuple[bytes, bytes]]:
     """Read an HTTP head from ``sock``: ``(head, bytes read past it)``, or ``None`` if
-    the peer closed first. Raises :class:`~geventws.InvalidRequest` (400/431) as soon as
+    the peer closed first. Raises :class:`~geventws.InvalidRequest` (414/431) as soon as
     the head proves too large; the caller sets the deadline."""
     buffer = bytearray()
     while True:

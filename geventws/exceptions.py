@@ -74,8 +74,9 @@ class InvalidHandshake(WebSocketError):
 class InvalidRequest(InvalidHandshake):
     """A client's upgrade request was refused.
 
-    ``status`` is the HTTP status the server answers with (400, 403, 405, 426, 431, 505),
-    ``headers`` extra response headers (such as ``Sec-WebSocket-Version: 13`` on a 426).
+    ``status`` is the HTTP status the server answers with (400, 403, 405, 414, 426, 431,
+    505), ``headers`` extra response headers (such as ``Sec-WebSocket-Version: 13`` on a
+    426).
     """
 
     def __init__(

@@ -36,8 +36,13 @@ def test_find_head_end() -> None:
     assert find_head_end(GOOD[:-2]) == -1
 
 
-def test_request_line_too_long_is_400() -> None:
-    assert status_of(b"GET /" + b"a" * MAX_LINE_LENGTH + b" HTTP/1.1") == 400
+def test_request_line_too_long_is_414() -> None:
+    """RFC 9112 §3: a request-target longer than the server parses gets 414."""
+    assert status_of(b"GET /" + b"a" * MAX_LINE_LENGTH + b" HTTP/1.1") == 414
+    complete = b"GET /" + b"a" * MAX_LINE_LENGTH + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    with pytest.raises(InvalidRequest) as info:
+        parse_request(complete)
+    assert (info.value.status, info.value.message) == (414, "request line too long")
 
 
 def test_header_block_too_large_is_431() -> None:

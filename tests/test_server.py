@@ -553,7 +553,7 @@ def raw_exchange(port: int, data: bytes) -> bytes:
         (b"garbage\r\n\r\n", b"400"),
         (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", b"400"),
         (b"GET / HTTP/2.0\r\n\r\n", b"505"),
-        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", b"414"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n", b"400"),
     ],
 )

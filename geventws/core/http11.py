@@ -91,7 +91,7 @@ _VALUES: dict[bytes, str] = {
 def find_head_end(buffer: bytes | bytearray) -> int:
     """The offset just past the blank line ending the head, or -1 if not there yet.
 
-    Raises :class:`InvalidRequest` (400 for an overlong request line, 431 otherwise) as
+    Raises :class:`InvalidRequest` (414 for an overlong request line, 431 otherwise) as
     soon as the buffer proves the head too large, so a server never buffers more than
     :data:`MAX_HEAD_SIZE` bytes of it.
     """
@@ -100,7 +100,7 @@ def find_head_end(buffer: bytes | bytearray) -> int:
         return end + 4
     first_line_end = buffer.find(b"\r\n", 0, MAX_LINE_LENGTH + 2)
     if first_line_end < 0 and len(buffer) > MAX_LINE_LENGTH:
-        raise InvalidRequest(400, "request line too long")
+        raise InvalidRequest(414, "request line too long")
     if len(buffer) >= MAX_HEAD_SIZE:
         raise InvalidRequest(431, "request header block too large")
     return -1
@@ -154,8 +154,8 @@ def parse_request(head: bytes) -> RequestHead:
     :func:`find_head_end`.
 
     Raises :class:`InvalidRequest`: 400 for a malformed head or an HTTP/1.0 request,
-    431 for too many or too long header lines, 505 for an HTTP major version other
-    than 1.
+    414 for a request line over :data:`MAX_LINE_LENGTH`, 431 for too many or too long
+    header lines, 505 for an HTTP major version other than 1.
     """
     lines = head.split(b"\r\n")
     # The head ends with CRLF CRLF: drop the two empty strings that leaves.
@@ -163,7 +163,7 @@ def parse_request(head: bytes) -> RequestHead:
         raise InvalidRequest(400, "malformed request head")
     request_line = lines[0]
     if len(request_line) > MAX_LINE_LENGTH:
-        raise InvalidRequest(400, "request line too long")
+        raise InvalidRequest(414, "request line too long")
     parts = request_line.split(b" ")
     if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not _TARGET.fullmatch(parts[1]):
         raise InvalidRequest(400, f"malformed request line: {_show(request_line)}")
