@@ -20,7 +20,10 @@ usable afterwards.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from .core.headers import Headers
 
 __all__ = [
     "WebSocketError",
@@ -92,13 +95,19 @@ class InvalidRequest(InvalidHandshake):
 
 
 class InvalidResponse(InvalidHandshake):
-    """The server's answer to a client's upgrade request was not an acceptable 101."""
+    """The server's answer to a client's upgrade request was not an acceptable 101.
+
+    For an HTTP answer other than 101, ``status`` is its status, ``headers`` its
+    :class:`~geventws.Headers` and ``body`` up to 64 KiB of its body; for
+    other failures (a wrong accept key, a malformed head) ``status`` and ``headers``
+    are ``None``.
+    """
 
     def __init__(
         self,
         message: str,
         status: Optional[int] = None,
-        headers: Optional[object] = None,
+        headers: Optional[Headers] = None,
         body: bytes = b"",
     ) -> None:
         self.message = message
