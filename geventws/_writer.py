@@ -386,10 +386,10 @@ class SharedBatch:
         self._callback = None
         writers, self._writers = self._writers, []
         groups: dict[Any, _Group] = {}
-        # The group of the last single frame seen: most writers of a turn got just the
-        # same one broadcast, so most find their group without building a key.
-        last: Optional[Chunk] = None
-        last_group: Optional[_Group] = None
+        # The last single frame seen and its group: most writers of a turn got just the
+        # same one broadcast, so most find their group without a lookup.
+        last: object = None
+        last_group: _Group = ([], [], [])
         for writer in writers:
             writer.batched = False
             buffered = writer.buffered
@@ -410,14 +410,11 @@ class SharedBatch:
             ):
                 writer.write_soon()  # changed since it joined: its own way
                 continue
-            if len(chunks) == 1 and chunks[0] is last and last_group is not None:
+            if len(chunks) == 1 and chunks[0] is last:
                 group = last_group
             else:
                 key: Any = id(chunks[0]) if len(chunks) == 1 else tuple(map(id, chunks))
-                found = groups.get(key)
-                if found is None:
-                    found = groups[key] = (chunks, [], [])
-                group = found
+                group = groups.get(key) or groups.setdefault(key, (chunks, [], []))
                 if len(chunks) == 1:
                     last, last_group = chunks[0], group
             group[1].append(writer)
