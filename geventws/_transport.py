@@ -11,11 +11,14 @@ When the protocol says the transport should close (closing handshake done, proto
 error, end of file, a local failure), :meth:`Transport.finish` marks the link over at
 once (receivers wake up, pings waiting for pongs fail) and has it *closed*: by the
 handler itself when it ends right away (no greenlet spawned, the common case), else by a
-closer greenlet. The closing writes what is left (the close frame), shuts TCP down first
-if this side should
-(RFC 6455 §7.1.1: the protocol decides), waits up to ``close_timeout`` for the peer to
-close its side (reading only when no other greenlet reads: no two greenlets ever wait on
-one socket), and closes the socket in a ``finally``. Ending the link from a greenlet
+closer greenlet. The closing writes what is left (the close frame). If this side ends
+TCP first (RFC 6455 §7.1.1: the protocol decides) and the peer's close frame is in, with
+no input left unread (one non-blocking ``recv`` on a plain socket), it closes the socket
+at once: the peer sends nothing more but its FIN, and closing with nothing unread makes
+no reset. Otherwise it shuts TCP down first if this side should, waits up to
+``close_timeout`` for the peer to close its side, reading and discarding (only when no
+other greenlet reads: no two greenlets ever wait on one socket), and closes the socket
+in a ``finally``. Ending the link from a greenlet
 that isn't reading (:meth:`Transport.end`: ``close()`` timing out, keepalive,
 ``send_timeout``, a failed write) shuts the socket down both ways first, so a greenlet
 blocked in ``recv`` or ``send`` wakes up at once. Nothing here raises out of a
@@ -193,8 +196,9 @@ class Transport:
             self._closer = gevent.spawn(self._close, Deadline(self._settings.close_timeout))
 
     def _close(self, deadline: Deadline) -> None:
-        """The closing: what is left to write, the half-close, the peer's end, then the
-        socket closed whatever happens."""
+        """The closing: what is left to write; then the socket closed at once after a
+        closing handshake with nothing unread, else after the half-close and the peer's
+        end (see the module); closed whatever happens."""
         protocol = self.protocol
         try:
             try:
@@ -203,6 +207,8 @@ class Transport:
                 pass
             self.writer.fail(protocol.closed_exception())
             if protocol.shutdown_first:
+                if protocol.close_rcvd is not None and self._nothing_unread():
+                    return  # the closing handshake is over: close now (the finally)
                 try:
                     self._sock.shutdown(_socket.SHUT_WR)
                 except OSError:
@@ -211,6 +217,22 @@ class Transport:
                 self.reader.drain(deadline)
         finally:
             self._sock.close()
+
+    def _nothing_unread(self) -> bool:
+        """Whether the socket may be closed at once without a reset: a plain socket that
+        no other greenlet reads, with no input left unread in the kernel (one
+        non-blocking ``recv``; what it takes is discarded, as the drain would). The
+        peer's close frame was received, so it sends nothing more but its FIN, which the
+        kernel handles after the close (RFC 6455 §7.1.1: the server closes first)."""
+        raw = self.writer.raw
+        if raw is None or self.reader.reading:
+            return False
+        try:
+            return not raw.recv(65536)  # b"": the peer's FIN is already in
+        except BlockingIOError:
+            return True  # nothing unread
+        except OSError:
+            return False  # let the usual path deal with it
 
     def wait_closed(self, deadline: Deadline) -> None:
         """Wait (within ``deadline``, then a moment more to kill a closer greenlet) until

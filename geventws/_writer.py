@@ -82,11 +82,11 @@ class Writer:
         "_lock",
         "_loop",
         "_owner",
-        "_raw",
         "_sock",
         "_view",
         "batched",
         "buffered",
+        "raw",
         "send_timeout",
     )
 
@@ -101,7 +101,8 @@ class Writer:
         # A plain gevent socket wraps a non-blocking OS socket that can be written
         # without waiting (and without gevent's per-call overhead); TLS can't.
         raw = raw_socket(sock) if raw is _UNKNOWN else raw
-        self._raw: Any = raw  # the plain OS socket, or None for TLS
+        #: The plain OS socket under ``sock``, or ``None`` for TLS.
+        self.raw: Any = raw
         self.send_timeout = send_timeout
         self._owner = owner
         self._lock: Optional[Semaphore] = None  # made when a write must wait
@@ -165,7 +166,7 @@ class Writer:
             raise self._failure
         if not self.buffered:
             return
-        if self._raw is not None and not self._locked():
+        if self.raw is not None and not self._locked():
             if self.write_nowait():
                 return
             if self._failure is not None:
@@ -208,7 +209,7 @@ class Writer:
         """Write what a plain socket takes right now, without waiting; True when
         nothing is left. Only while nobody holds the write lock (no greenlet switches
         here, so none can start meanwhile)."""
-        raw = self._raw
+        raw = self.raw
         if raw is None or self._failure is not None or self._locked():
             return False
         raw_send = raw.send
@@ -372,7 +373,7 @@ class SharedBatch:
             if writer.batched:
                 continue  # already in this turn's batch: its frames go out together
             lock = writer._lock
-            if before == 0 and writer._raw is not None and (lock is None or not lock.locked()):
+            if before == 0 and writer.raw is not None and (lock is None or not lock.locked()):
                 writer.batched = True
                 joined.append(writer)
             else:
@@ -397,7 +398,7 @@ class SharedBatch:
                 continue  # written meanwhile (Writer.make_room): nothing left
             chunks = writer._chunks
             lock = writer._lock
-            raw = writer._raw
+            raw = writer.raw
             # Once the gevent socket is closed its OS socket is replaced (and the number
             # may soon belong to another socket): the identity check sees it.
             fd = raw.fileno() if writer._sock._sock is raw and writer._failure is None else -1

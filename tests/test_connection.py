@@ -538,3 +538,55 @@ def test_close_code_and_reason_of_a_peer_close_are_echoed() -> None:
     assert (info.value.code, info.value.reason) == (4001, "see you")
     assert peer.finish() == (8, struct.pack("!H", 4001) + b"see you")
     connection.abort()
+
+
+def test_after_the_closing_handshake_the_server_closes_tcp_without_waiting_for_the_peer() -> None:
+    """RFC 6455 §7.1.1: once both close frames are through, the server closes TCP first.
+    With nothing left unread it closes at once (no half-close, no wait for the peer's
+    FIN); the peer still gets the whole close frame, then the end of the stream."""
+    ours, theirs = tcp_pair()
+    go = threading.Event()
+
+    def script(peer: Peer) -> Any:
+        raw = peer.raw
+        raw.send(client_frame(8, struct.pack("!H", 1000)))
+        _, opcode, payload = raw.read_frame()
+        go.wait(30)  # the server is done with the socket; ours stays open until now
+        return opcode, payload, raw.sock.recv(1)
+
+    peer = Peer(theirs, script)
+    connection = server_connection(ours, close_timeout=60)
+    with pytest.raises(ConnectionClosed):
+        connection.receive(timeout=10)
+    with gevent.Timeout(20):  # a wait for the peer's FIN would last close_timeout (60 s)
+        connection.abort()
+    assert ours.fileno() == -1
+    go.set()
+    assert peer.finish() == (8, struct.pack("!H", 1000), b"")
+
+
+def test_input_still_unread_after_the_closing_handshake_is_drained_before_the_close() -> None:
+    """A peer that sends more after its close frame (it must not) still gets the close
+    frame: what is unread is read and discarded until its FIN, so no reset destroys it."""
+    ours, theirs = tcp_pair()
+    go, sent = threading.Event(), threading.Event()
+
+    def script(peer: Peer) -> Any:
+        raw = peer.raw
+        raw.send(client_frame(8, struct.pack("!H", 1000)))
+        go.wait(30)  # the server has read the close frame and nothing more
+        raw.send(b"stray bytes after the close frame")  # in our socket's buffer on return
+        raw.sock.shutdown(socket.SHUT_WR)
+        sent.set()
+        _, opcode, payload = raw.read_frame()  # a reset would raise here
+        return opcode, payload, raw.sock.recv(1)
+
+    peer = Peer(theirs, script)
+    connection = server_connection(ours, close_timeout=60)
+    with pytest.raises(ConnectionClosed):
+        connection.receive(timeout=10)
+    go.set()
+    assert sent.wait(10)  # blocking the hub: the closing can't start before the bytes came
+    connection.abort()  # writes the close frame, then finds the stray bytes unread
+    assert ours.fileno() == -1
+    assert peer.finish() == (8, struct.pack("!H", 1000), b"")

@@ -369,7 +369,7 @@ def test_a_dead_subscriber_found_while_making_room_stops_no_delivery(serve: Any)
                 if c.request is not None and c.request.path == "/dead"
             ]
             # What a reset peer looks like to the next write, before the reader sees it.
-            victim._transport.writer._raw.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+            victim._transport.writer.raw.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
             try:
                 done.put([server.server.publish("t", p) for p in payloads])  # type: ignore[union-attr]
             except Exception as exc:  # the failure this test is about
