@@ -85,8 +85,21 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
         #: for a moment; :func:`~geventws.broadcast` skips those and closed ones) and
         #: leaves when its handler returns.
         self.connections: set[Connection] = set()
+        # Whether accepted sockets come with TCP_NODELAY from the listener (Linux and
+        # the BSDs copy it): None until the first TCP connection tells.
+        self._nodelay_inherited: Optional[bool] = None
 
     # -- lifecycle ------------------------------------------------------------------
+
+    def init_socket(self) -> None:
+        """Make (or adopt) the listening socket, as gevent does, with ``TCP_NODELAY`` on
+        it: where accepted sockets inherit it, they need no ``setsockopt`` each."""
+        super().init_socket()
+        if self.socket.family in (_socket.AF_INET, _socket.AF_INET6):
+            try:
+                self.socket.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
 
     def start(self) -> None:
         """Start accepting connections in the background (see gevent's ``start``)."""
@@ -145,6 +158,13 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             raise
 
     def _serve_connection(self, sock: Any, address: Any) -> None:
+        nodelay = self._nodelay_inherited
+        if nodelay is None and sock.family in (_socket.AF_INET, _socket.AF_INET6):
+            try:  # the first TCP connection: did the listener's option carry over?
+                nodelay = bool(sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY))
+            except OSError:
+                nodelay = False
+            self._nodelay_inherited = nodelay
         serve_connection(
             sock,
             address,
@@ -157,6 +177,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             max_connections=self.max_connections,
             active=len(self._handlers),
             connections=self.connections,
+            nodelay=not nodelay,
         )
 
 
@@ -221,12 +242,14 @@ def serve_connection(
     max_connections: Optional[int] = None,
     active: int = 1,
     connections: Optional[set[Connection]] = None,
+    nodelay: bool = True,
 ) -> None:
     """Serve one incoming connection from ``address`` on ``sock``, as
     :class:`WebSocketServer` does for each connection it accepts (and
     :class:`geventws.testing.TestClient` for each of its own).
 
-    Refuses it with 503 when ``active`` (the connections being served, this one
+    Sets ``TCP_NODELAY`` on a TCP socket (unless ``nodelay`` is false: the socket has
+    it already). Refuses it with 503 when ``active`` (the connections being served, this one
     included) is over ``max_connections``; wraps it in TLS with ``ssl_context``; reads
     the upgrade request within ``handshake_timeout``, with the client's address and
     scheme resolved through ``trusted_proxies`` and ``proxy_headers``; answers a bad
@@ -242,7 +265,7 @@ def serve_connection(
     started = time.monotonic()
     connection: Optional[Connection] = None
     try:
-        if sock.family in (_socket.AF_INET, _socket.AF_INET6):
+        if nodelay and sock.family in (_socket.AF_INET, _socket.AF_INET6):
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         if max_connections is not None and active > max_connections:
             _refuse_busy(sock, address, max_connections)

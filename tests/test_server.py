@@ -68,6 +68,21 @@ def test_echo_with_websocket_client(serve: Any) -> None:
     assert ws.status == 1000 or ws.sock is None
 
 
+def test_every_accepted_connection_has_tcp_nodelay(serve: Any) -> None:
+    """Small frames go out at once (no Nagle delay): the server puts ``TCP_NODELAY`` on
+    the listening socket, which accepted sockets inherit, or else on each one."""
+
+    def report(connection: Connection, request: Request) -> None:
+        sock = connection._sock
+        connection.send(str(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+
+    server = serve(report)
+    assert server.server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    for _ in range(3):  # the first connection, which checks inheritance, and later ones
+        with connect(server.url) as ws:
+            assert ws.recv(timeout=10) != "0"
+
+
 def test_request_exposes_the_handshake(serve: Any) -> None:
     seen: queue.Queue[Request] = queue.Queue()
 
