@@ -68,11 +68,38 @@ def start_tls(
     return tls
 
 
-def read_head(sock: Any, chunk: int = 16384) -> Optional[tuple[bytes, bytes]]:
+def read_head(
+    sock: Any, chunk: int = 16384, deadline: Optional[Deadline] = None
+) -> Optional[tuple[bytes, bytes]]:
     """Read an HTTP head from ``sock``: ``(head, bytes read past it)``, or ``None`` if
     the peer closed first. Raises :class:`~geventws.InvalidRequest` (414/431) as soon as
-    the head proves too large; the caller sets the deadline."""
+    the head proves too large.
+
+    Without ``deadline``, the caller sets one. With it, the waits are bounded by it
+    (:class:`TimeoutError`), and a plain socket is first read without waiting: a head
+    already there (the usual case for a server, the client having sent its request at
+    once) costs no timer."""
     buffer = bytearray()
+    if deadline is not None:
+        raw = raw_socket(sock)
+        if raw is not None:
+            try:
+                data = raw.recv(chunk)
+            except BlockingIOError:
+                pass
+            else:
+                if not data:
+                    return None
+                end = find_head_end(data)
+                if end >= 0:
+                    return data[:end], data[end:]
+                buffer += data
+        with deadline.timeout():
+            return _read_head(sock, chunk, buffer)
+    return _read_head(sock, chunk, buffer)
+
+
+def _read_head(sock: Any, chunk: int, buffer: bytearray) -> Optional[tuple[bytes, bytes]]:
     while True:
         data = sock.recv(chunk)
         if not data:

@@ -303,8 +303,7 @@ def _refuse_busy(sock: Any, address: Any, max_connections: int) -> None:
     # client's request hit a closing socket, which resets the connection and loses
     # the 503.
     try:
-        with Deadline(1.0).timeout():
-            read_head(sock)
+        read_head(sock, deadline=Deadline(1.0))
     except (OSError, InvalidRequest, TimeoutError):
         pass
     answer = rejection(503, "Too many connections, retry later\n", [("Retry-After", "5")])
@@ -334,10 +333,10 @@ def _handshake(
     head: Optional[RequestHead] = None
     deadline = Deadline(handshake_timeout, "handshake timed out")
     try:
-        with deadline.timeout():
-            if ssl_context is not None:
+        if ssl_context is not None:
+            with deadline.timeout():
                 sock = start_tls(sock, ssl_context, server_side=True)
-            received = read_head(sock)
+        received = read_head(sock, deadline=deadline)
         if received is None:
             return None
         raw_head, leftover = received

@@ -594,6 +594,33 @@ def test_handshake_timeout_drops_slow_clients(serve: Any) -> None:
         assert time.monotonic() - start < 9  # the deadline fired, not the client's timeout
 
 
+@pytest.mark.parametrize("cut", [5, 40, 100], ids=["request-line", "headers", "blank-line"])
+def test_a_request_head_in_pieces_is_read_whole_then_the_frame_after_it(
+    serve: Any, cut: int
+) -> None:
+    """The server reads what came first without waiting, then waits for the rest (under
+    the handshake deadline): a head sent in pieces, and a frame sent with its end, work
+    as one sent at once."""
+    server = serve(echo)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    request = (
+        f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(request[:cut])
+        time.sleep(0.05)  # likely read on its own (either way, the answer must be right)
+        sock.sendall(request[cut:] + client_frame(1, b"after the head"))
+        answer = b""
+        while b"after the head" not in answer:
+            data = sock.recv(4096)
+            assert data, answer
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 101 ")
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in answer
+
+
 def test_client_vanishing_during_handshake_is_quiet(serve: Any, caplog: Any) -> None:
     server = serve(echo)
     with caplog.at_level(logging.WARNING):
