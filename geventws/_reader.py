@@ -12,11 +12,13 @@ one greenlet (its handler), the echo path costs no extra switch, and a handler t
 never receives still answers pings and notices a close. :attr:`Reader.reading` says
 whether some greenlet owns the read side; only that one calls ``recv``.
 
-Nothing is lost to cancellation: the one place a reader waits is inside ``recv``, and
-gevent raises there (a deadline, a :class:`gevent.Timeout`, ``kill()``) before any byte
-is taken. Bytes that were read are processed at once, and :meth:`Reader.process` never
-blocks: messages go to :attr:`Reader.messages` and the protocol's answers (pongs, the
-close echo) to the writer's queue, to be written soon. Whatever interrupts a reader, it
+Nothing is lost to cancellation: the one place a reader waits is for the socket to be
+readable (on a plain socket, the socket's own read watcher, then a non-blocking
+``recv``; over TLS, inside gevent's ``recv``), and gevent raises there (a deadline, a
+:class:`gevent.Timeout`, ``kill()``) before any byte is taken. Bytes that were read
+are processed at once, and :meth:`Reader.process` never blocks: messages go to
+:attr:`Reader.messages` and the protocol's answers (pongs, the close echo) to the
+writer's queue, to be written soon. Whatever interrupts a reader, it
 gives the read side up in a ``finally`` and re-arms the watcher, so the connection keeps
 answering pings.
 
@@ -49,6 +51,17 @@ Data = Union[str, bytes]
 _RECV_SIZE = 262144
 
 
+def _recv_now(raw: Any, into: Optional[memoryview]) -> Union[bytes, int, None]:
+    """What the non-blocking OS socket ``raw`` has now: bytes, or the count read into
+    ``into``; ``None`` when nothing yet. Raises :class:`OSError` for a lost connection.
+    (A function of its own: the frame the exception's traceback holds ends here.)"""
+    try:
+        data: Union[bytes, int] = raw.recv(_RECV_SIZE) if into is None else raw.recv_into(into)
+    except BlockingIOError:
+        return None
+    return data
+
+
 class Reader:
     """The read side of one connection over ``protocol``.
 
@@ -62,6 +75,7 @@ class Reader:
         "_logger",
         "_owner",
         "_protocol",
+        "_raw",
         "_sock",
         "_ssl_pending",
         "_wakeup",
@@ -84,9 +98,12 @@ class Reader:
         high: int,
         low: int,
         logger: logging.Logger,
-        tls: bool = False,
+        raw: Any = None,
     ) -> None:
         self._sock = sock
+        # The OS socket under a plain gevent socket, read directly (see _read_once);
+        # None for TLS, whose bytes come through the TLS layer.
+        self._raw = raw if raw is not None and hasattr(sock, "_read_event") else None
         self._protocol = protocol
         self._writer = writer
         self._owner = owner
@@ -102,7 +119,7 @@ class Reader:
         #: Whether reading is paused by back-pressure.
         self.paused = False
         # TLS may hold decrypted bytes no readiness event will announce.
-        self._ssl_pending: Optional[Callable[[], int]] = sock.pending if tls else None
+        self._ssl_pending: Optional[Callable[[], int]] = sock.pending if raw is None else None
         self._watcher: Any = None  # made when nobody reads for a loop iteration
         self._arming = False  # a loop callback will arm the watcher
 
@@ -205,9 +222,18 @@ class Reader:
             self.process(b"", False)
             return
         into = protocol.receive_buffer()  # a large frame's own buffer, if any
-        data: Union[bytes, int]
+        raw = self._raw
+        data: Union[bytes, int, None]
         try:
-            if deadline is None or deadline.unbounded:
+            if raw is not None:
+                data = _recv_now(raw, into)
+                if data is None:
+                    if deadline is None or deadline.unbounded:
+                        data = self._wait_and_recv(raw, into)
+                    else:
+                        with deadline.timeout():
+                            data = self._wait_and_recv(raw, into)
+            elif deadline is None or deadline.unbounded:
                 data = self._sock.recv(_RECV_SIZE) if into is None else self._sock.recv_into(into)
             else:
                 with deadline.timeout():
@@ -222,6 +248,20 @@ class Reader:
                 self._logger.debug("connection lost: %s", exc)
             data = b""
         self.process(data, not data)
+
+    def _wait_and_recv(self, raw: Any, into: Optional[memoryview]) -> Union[bytes, int]:
+        """Wait until the plain socket is readable, then read: what gevent's ``recv``
+        does, on the socket's own read watcher (``close()`` from another greenlet still
+        interrupts the wait), but without its exception and the frame object the
+        exception's traceback makes, which an idle connection would keep while it
+        waits. The wait is the only switch: cancelled there, nothing was read."""
+        wait = gevent.get_hub().wait
+        event = self._sock._read_event
+        while True:
+            wait(event)
+            data = _recv_now(raw, into)
+            if data is not None:
+                return data
 
     # -- what was read ------------------------------------------------------------------
 

@@ -109,7 +109,7 @@ class Transport:
             high=settings.max_queue,
             low=settings.max_queue_low,
             logger=logger,
-            tls=raw is None,
+            raw=raw,
         )
         self.keepalive.start()
         self.reader.start(leftover)
