@@ -395,16 +395,22 @@ def app(environ, start_response):
 """
 
 
-def test_no_access_log_drops_http_request_lines_with_wsgi(cli: Any, tmp_path: Path) -> None:
+def test_wsgi_access_lines_leave_query_strings_out_and_no_access_log_drops_them(
+    cli: Any, tmp_path: Path
+) -> None:
     (tmp_path / "page.py").write_text(WSGI_APP)
     on = cli("serve", ECHO, "--wsgi", "page:app", "--port", "0")
     off = cli("serve", ECHO, "--wsgi", "page:app", "--port", "0", "--no-access-log")
     for served in (on, off):
-        assert requests.get(f"http://127.0.0.1:{served.port}/page", timeout=10).text == "page"
-        with connect(f"ws://127.0.0.1:{served.port}/ws") as ws:
+        page = f"http://127.0.0.1:{served.port}/page?token=SECRET"
+        assert requests.get(page, timeout=10).text == "page"
+        with connect(f"ws://127.0.0.1:{served.port}/ws?token=SECRET") as ws:
             ws.send("x")
             assert ws.recv(timeout=10) == "x"
     assert wait_for(lambda: '"GET /page HTTP/1.1" 200' in on.output(), 10), on.output()
+    assert wait_for(lambda: "GET /ws 101" in on.output(), 10), on.output()
+    # Tokens passed in query strings stay out of both access logs.
+    assert "SECRET" not in on.output(), on.output()
     # The WebSocket has its own access line, not pywsgi's 101.
     assert "GET /ws HTTP/1.1" not in on.output()
     assert "INFO geventws.http: " in next(

@@ -252,7 +252,8 @@ def _wsgi_server(
 ) -> tuple[Any, Callable[[float], None]]:
     """``--wsgi``: a gevent.pywsgi server for ``app`` with the handler beside it (every
     request head read under ``--handshake-timeout``; pywsgi's access line for each
-    HTTP request on ``geventws.http``, none with ``--no-access-log``), and its graceful
+    HTTP request on ``geventws.http``, without its query string, none with
+    ``--no-access-log``), and its graceful
     stop (WebSocket connections closed with 1001 first)."""
     from gevent.pool import Pool
     from gevent.pywsgi import WSGIServer
@@ -279,6 +280,17 @@ def _wsgi_server(
             # A WebSocket has its own access line, when it ends.
             if getattr(self, "code", None) != 101:
                 super().log_request()
+
+        def format_request(self) -> str:
+            # pywsgi's line, with the query string left out as in geventws.access.
+            line: str = super().format_request()
+            request_line = self.requestline or ""
+            if "?" not in request_line:
+                return line
+            method, _, rest = request_line.partition(" ")
+            target, _, version = rest.partition(" ")
+            shown = f"{method} {target.partition('?')[0]} {version}".rstrip()
+            return line.replace(f'"{request_line}"', f'"{shown}"', 1)
 
     kwargs: dict[str, Any] = {}
     if ssl_context is not None:
