@@ -81,8 +81,13 @@ def test_fuzz_target_bounded_run(target: str, tmp_path: Path) -> None:
     """Fuzz ``target`` from its seeds for a fixed number of executions: no crash."""
     require_atheris()
     runs = TARGETS[target]
+    seed = os.environ.get("GEVENTWS_FUZZ_SEED")  # to replay a run: its seed is reported
     result = subprocess.run(
-        [*libfuzzer_command(target, tmp_path), f"-runs={runs}"],
+        [
+            *libfuzzer_command(target, tmp_path),
+            f"-runs={runs}",
+            *([f"-seed={seed}"] if seed else []),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -93,7 +98,11 @@ def test_fuzz_target_bounded_run(target: str, tmp_path: Path) -> None:
     lines = [line for line in result.stderr.splitlines() if "INFO: Instrumenting" not in line]
     # The Python traceback and libFuzzer's reproducer (with the input in base64).
     start = next((i for i, line in enumerate(lines) if "Uncaught Python exception" in line), None)
-    report = "\n".join(lines[start:] if start is not None else lines[-40:])
+    seeded = re.search(r"^INFO: Seed: (\d+)", result.stderr, re.MULTILINE)
+    report = "\n".join(
+        [f"GEVENTWS_FUZZ_SEED={seeded.group(1) if seeded else '?'} replays this run"]
+        + (lines[start:] if start is not None else lines[-40:])
+    )
     assert result.returncode == 0 and not crashes, f"{target} crashed ({crashes}):\n{report}"
     # libFuzzer may overshoot -runs by one (it checks the bound between mutations).
     done = re.search(r"^Done (\d+) runs", result.stderr, re.MULTILINE)
