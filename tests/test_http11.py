@@ -90,6 +90,30 @@ def test_header_values_are_stripped_and_latin1() -> None:
     assert head.headers["x-a"] == "café"
 
 
+def test_common_fields_are_shared_between_requests_and_read_as_sent() -> None:
+    """Fields most clients send alike are one shared pair (an idle connection keeps no
+    tuple of its own for them); names keep their spelling, blanks around values go,
+    and a value that only resembles a common one is its own."""
+    first = parse_request(
+        b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nconnection:  Upgrade \r\n"
+        b"Sec-WebSocket-Version: 13\r\nPragma: no-cache, x\r\n\r\n"
+    )
+    second = parse_request(
+        b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nconnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nPragma: no-cache, x\r\n\r\n"
+    )
+    expected = [
+        ("Upgrade", "websocket"),
+        ("connection", "Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Pragma", "no-cache, x"),
+    ]
+    assert first.headers.items() == second.headers.items() == expected
+    for ours, theirs in zip(first.headers.items()[:3], second.headers.items()[:3], strict=True):
+        assert ours is theirs
+    assert first.headers.items()[3] is not second.headers.items()[3]
+
+
 def test_parse_response() -> None:
     head = parse_response(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n")
     assert head.status == 101 and head.reason == "Switching Protocols"

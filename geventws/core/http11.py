@@ -86,6 +86,29 @@ _VALUES: dict[bytes, str] = {
     value.encode(): sys.intern(value)
     for value in ("websocket", "Upgrade", "upgrade", "13", "keep-alive, Upgrade", "no-cache")
 }
+# Whole fields that most upgrade requests (browsers, Node, Python clients) send the
+# same: one shared (name, value) pair each, so a connection's request keeps no tuple
+# of its own for them. Name -> value -> pair, both spellings of the name.
+_COMMON_FIELDS = (
+    ("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Connection", "upgrade"),
+    ("Connection", "keep-alive, Upgrade"), ("Sec-WebSocket-Version", "13"),
+    ("Pragma", "no-cache"), ("Cache-Control", "no-cache"),
+    ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
+    ("Accept-Encoding", "gzip, deflate"), ("Accept-Encoding", "gzip, deflate, br"),
+    ("Accept-Encoding", "gzip, deflate, br, zstd"),
+)  # fmt: skip
+
+
+def _shared_pairs(fields: tuple[tuple[str, str], ...]) -> dict[bytes, dict[bytes, tuple[str, str]]]:
+    pairs: dict[bytes, dict[bytes, tuple[str, str]]] = {}
+    for name, value in fields:
+        for spelling in (name, name.lower()):
+            shared = (sys.intern(spelling), sys.intern(value))
+            pairs.setdefault(spelling.encode(), {})[value.encode()] = shared
+    return pairs
+
+
+_PAIRS = _shared_pairs(_COMMON_FIELDS)
 
 
 def find_head_end(buffer: bytes | bytearray) -> int:
@@ -120,12 +143,14 @@ def _parse_fields(lines: list[bytes], error: type[Exception]) -> Headers:
             _refuse_field(line, error)
         name, value = field.groups()
         value = value.rstrip(b" \t")
-        append(
-            (
+        common = _PAIRS.get(name)
+        pair = None if common is None else common.get(value)
+        if pair is None:
+            pair = (
                 _NAMES.get(name) or name.decode("ascii"),
                 _VALUES.get(value) or value.decode("latin-1"),
             )
-        )
+        append(pair)
     return Headers.from_pairs(pairs)
 
 
