@@ -29,14 +29,17 @@ application has taken the queue down to ``low``.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import gevent
 from gevent.event import Event
+from gevent.exceptions import ConcurrentObjectUseError
 
 from ._deadline import Deadline
+from ._sockets import recv_into_now, recv_now
 from ._writer import Writer
 from .core.events import CLOSED
 from .core.protocol import Pong, Protocol
@@ -49,17 +52,6 @@ __all__ = ["Reader"]
 Data = Union[str, bytes]
 
 _RECV_SIZE = 262144
-
-
-def _recv_now(raw: Any, into: Optional[memoryview]) -> Union[bytes, int, None]:
-    """What the non-blocking OS socket ``raw`` has now: bytes, or the count read into
-    ``into``; ``None`` when nothing yet. Raises :class:`OSError` for a lost connection.
-    (A function of its own: the frame the exception's traceback holds ends here.)"""
-    try:
-        data: Union[bytes, int] = raw.recv(_RECV_SIZE) if into is None else raw.recv_into(into)
-    except BlockingIOError:
-        return None
-    return data
 
 
 class Reader:
@@ -226,7 +218,7 @@ class Reader:
         data: Union[bytes, int, None]
         try:
             if raw is not None:
-                data = _recv_now(raw, into)
+                data = recv_now(raw, _RECV_SIZE) if into is None else recv_into_now(raw, into)
                 if data is None:
                     if deadline is None or deadline.unbounded:
                         data = self._wait_and_recv(raw, into)
@@ -255,11 +247,16 @@ class Reader:
         interrupts the wait), but without its exception and the frame object the
         exception's traceback makes, which an idle connection would keep while it
         waits. The wait is the only switch: cancelled there, nothing was read."""
-        wait = gevent.get_hub().wait
-        event = self._sock._read_event
+        sock = self._sock
+        event = sock._read_event
+        if event is None:  # closed meanwhile (the descriptor may not be, yet)
+            raise OSError(errno.EBADF, "socket closed")
+        if event.callback is not None:
+            raise ConcurrentObjectUseError("the socket is already read by another greenlet")
+        wait = sock.hub.wait
         while True:
             wait(event)
-            data = _recv_now(raw, into)
+            data = recv_now(raw, _RECV_SIZE) if into is None else recv_into_now(raw, into)
             if data is not None:
                 return data
 

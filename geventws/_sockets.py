@@ -30,6 +30,8 @@ __all__ = [
     "format_address",
     "raw_socket",
     "read_head",
+    "recv_into_now",
+    "recv_now",
     "refuse",
     "send_nowait",
     "start_tls",
@@ -68,6 +70,26 @@ def start_tls(
     return tls
 
 
+def recv_now(raw: Any, size: int, flags: int = 0) -> Optional[bytes]:
+    """What the non-blocking OS socket ``raw`` has now (``b""`` at its end), ``None``
+    when nothing yet; raises :class:`OSError` for a lost connection. (A function of its
+    own: the frame object the exception's traceback holds ends with it.)"""
+    try:
+        data: bytes = raw.recv(size, flags)
+    except BlockingIOError:
+        return None
+    return data
+
+
+def recv_into_now(raw: Any, into: memoryview) -> Optional[int]:
+    """:func:`recv_now`, reading into ``into``: the count read (0 at its end)."""
+    try:
+        count: int = raw.recv_into(into)
+    except BlockingIOError:
+        return None
+    return count
+
+
 def read_head(
     sock: Any, chunk: int = 16384, deadline: Optional[Deadline] = None
 ) -> Optional[tuple[bytes, bytes]]:
@@ -79,29 +101,22 @@ def read_head(
     (:class:`TimeoutError`), and a plain socket is first read without waiting: a head
     already there (the usual case for a server, the client having sent its request at
     once) costs no timer."""
+    if deadline is None:
+        return _read_head(sock, chunk, None)
+    raw = raw_socket(sock)
+    first = None if raw is None else recv_now(raw, chunk)
+    if first is not None and (not first or find_head_end(first) >= 0):
+        return _read_head(sock, chunk, first)  # all there (or closed): nothing to wait for
+    with deadline.timeout():
+        return _read_head(sock, chunk, first)
+
+
+def _read_head(sock: Any, chunk: int, first: Optional[bytes]) -> Optional[tuple[bytes, bytes]]:
+    """:func:`read_head` from ``first``, the bytes already read, if any."""
     buffer = bytearray()
-    if deadline is not None:
-        raw = raw_socket(sock)
-        if raw is not None:
-            try:
-                data = raw.recv(chunk)
-            except BlockingIOError:
-                pass
-            else:
-                if not data:
-                    return None
-                end = find_head_end(data)
-                if end >= 0:
-                    return data[:end], data[end:]
-                buffer += data
-        with deadline.timeout():
-            return _read_head(sock, chunk, buffer)
-    return _read_head(sock, chunk, buffer)
-
-
-def _read_head(sock: Any, chunk: int, buffer: bytearray) -> Optional[tuple[bytes, bytes]]:
     while True:
-        data = sock.recv(chunk)
+        data = first if first is not None else sock.recv(chunk)
+        first = None
         if not data:
             return None
         buffer += data
