@@ -147,6 +147,11 @@ class Keepalive:
             return
         gevent.spawn_raw(self._owner.keepalive_expired)
 
+    @property
+    def unanswered(self) -> bool:
+        """Whether a ping of ours still waits for its pong."""
+        return bool(self._pings)
+
     def stop(self) -> None:
         """Stop pinging; pings still waiting raise the connection's
         :meth:`~geventws.core.protocol.Protocol.closed_exception`."""

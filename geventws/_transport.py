@@ -13,12 +13,12 @@ once (receivers wake up, pings waiting for pongs fail) and has it *closed*: by t
 handler itself when it ends right away (no greenlet spawned, the common case), else by a
 closer greenlet. The closing writes what is left (the close frame). If this side ends
 TCP first (RFC 6455 §7.1.1: the protocol decides) and the peer's close frame is in, with
-no input left unread (one non-blocking ``recv`` on a plain socket), it closes the socket
-at once: the peer sends nothing more but its FIN, and closing with nothing unread makes
-no reset. Otherwise it shuts TCP down first if this side should, waits up to
-``close_timeout`` for the peer to close its side, reading and discarding (only when no
-other greenlet reads: no two greenlets ever wait on one socket), and closes the socket
-in a ``finally``. Ending the link from a greenlet
+no ping of ours unanswered and no input left unread (one non-blocking ``recv`` on a
+plain socket), it closes the socket at once: the peer sends nothing more but its FIN,
+and closing with nothing unread makes no reset. Otherwise it shuts TCP down first if
+this side should, waits up to ``close_timeout`` for the peer to close its side, reading
+and discarding (only when no other greenlet reads: no two greenlets ever wait on one
+socket), and closes the socket in a ``finally``. Ending the link from a greenlet
 that isn't reading (:meth:`Transport.end`: ``close()`` timing out, keepalive,
 ``send_timeout``, a failed write) shuts the socket down both ways first, so a greenlet
 blocked in ``recv`` or ``send`` wakes up at once. Nothing here raises out of a
@@ -38,7 +38,7 @@ from gevent.event import Event
 from ._deadline import Deadline
 from ._keepalive import Keepalive
 from ._reader import Reader
-from ._sockets import format_address, raw_socket
+from ._sockets import format_address, raw_socket, recv_now
 from ._writer import HIGH_WATER, SendTimeout, Writer
 from .core.events import CLOSED
 from .core.frames import CloseCode
@@ -66,6 +66,7 @@ class Transport:
         "_closer",
         "_logger",
         "_on_end",
+        "_pong_due",
         "_settings",
         "_sock",
         "keepalive",
@@ -91,6 +92,7 @@ class Transport:
         self._address = address
         self._logger = logger
         self._closer: Any = None  # _PENDING, an _Inline, or the closer greenlet
+        self._pong_due = False  # a ping of ours was unanswered at the end (see _close)
         self.protocol = protocol
         raw = raw_socket(sock)
         self.writer = Writer(sock, settings.send_timeout, self, raw)
@@ -186,6 +188,7 @@ class Transport:
                 protocol.error.code,
             )
         self.reader.stop()
+        self._pong_due = self.keepalive.unanswered
         self.keepalive.stop()
         if self._on_end is not None:
             self._on_end()
@@ -207,7 +210,8 @@ class Transport:
                 pass
             self.writer.fail(protocol.closed_exception())
             if protocol.shutdown_first:
-                if protocol.close_rcvd is not None and self._nothing_unread():
+                handshake_over = protocol.close_rcvd is not None and not self._pong_due
+                if handshake_over and self._nothing_unread():
                     return  # the closing handshake is over: close now (the finally)
                 try:
                     self._sock.shutdown(_socket.SHUT_WR)
@@ -221,18 +225,18 @@ class Transport:
     def _nothing_unread(self) -> bool:
         """Whether the socket may be closed at once without a reset: a plain socket that
         no other greenlet reads, with no input left unread in the kernel (one
-        non-blocking ``recv``; what it takes is discarded, as the drain would). The
-        peer's close frame was received, so it sends nothing more but its FIN, which the
-        kernel handles after the close (RFC 6455 §7.1.1: the server closes first)."""
+        non-blocking ``recv`` that only peeks). The peer's close frame was received and
+        no ping of ours awaits a pong (which the peer may still send, RFC 6455
+        §5.5.2), so it sends nothing more but its FIN, which the kernel handles after
+        the close (RFC 6455 §7.1.1: the server closes first)."""
         raw = self.writer.raw
         if raw is None or self.reader.reading:
             return False
         try:
-            return not raw.recv(65536)  # b"": the peer's FIN is already in
-        except BlockingIOError:
-            return True  # nothing unread
+            unread = recv_now(raw, 1, _socket.MSG_PEEK)
         except OSError:
             return False  # let the usual path deal with it
+        return not unread  # None: nothing there; b"": only the peer's FIN
 
     def wait_closed(self, deadline: Deadline) -> None:
         """Wait (within ``deadline``, then a moment more to kill a closer greenlet) until

@@ -11,6 +11,7 @@ a blocking call that would stall the hub), each with a deadline.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 import threading
@@ -540,16 +541,22 @@ def test_close_code_and_reason_of_a_peer_close_are_echoed() -> None:
     connection.abort()
 
 
-def test_after_the_closing_handshake_the_server_closes_tcp_without_waiting_for_the_peer() -> None:
+@pytest.mark.parametrize("fin", [False, True], ids=["peer-open", "peer-fin-in"])
+def test_after_the_closing_handshake_the_server_closes_tcp_without_waiting_for_the_peer(
+    fin: bool,
+) -> None:
     """RFC 6455 §7.1.1: once both close frames are through, the server closes TCP first.
-    With nothing left unread it closes at once (no half-close, no wait for the peer's
-    FIN); the peer still gets the whole close frame, then the end of the stream."""
+    With nothing left unread (or only the peer's FIN) it closes at once: no half-close,
+    no wait for the peer's FIN; the peer still gets the whole close frame, then the end
+    of the stream."""
     ours, theirs = tcp_pair()
     go = threading.Event()
 
     def script(peer: Peer) -> Any:
         raw = peer.raw
         raw.send(client_frame(8, struct.pack("!H", 1000)))
+        if fin:
+            raw.sock.shutdown(socket.SHUT_WR)
         _, opcode, payload = raw.read_frame()
         go.wait(30)  # the server is done with the socket; ours stays open until now
         return opcode, payload, raw.sock.recv(1)
@@ -590,3 +597,35 @@ def test_input_still_unread_after_the_closing_handshake_is_drained_before_the_cl
     connection.abort()  # writes the close frame, then finds the stray bytes unread
     assert ours.fileno() == -1
     assert peer.finish() == (8, struct.pack("!H", 1000), b"")
+
+
+def test_a_pong_owed_after_the_peer_s_close_keeps_the_lingering_close() -> None:
+    """A ping of ours that crossed the peer's close frame may still be answered (RFC 6455
+    §5.5.2: the peer had not received our close yet): that pong can arrive after our
+    close frame went out, so the server half-closes and reads until the peer's FIN
+    rather than closing at once, which would answer the pong with a reset."""
+    ours, theirs = tcp_pair()
+
+    def script(peer: Peer) -> Any:
+        raw = peer.raw
+        _, opcode, ping = raw.read_frame()
+        assert opcode == 9
+        raw.send(client_frame(8, struct.pack("!H", 1000)))
+        select.select([raw.sock], [], [], 30)  # our close frame is coming in
+        raw.send(client_frame(10, ping))  # the pong, sent before reading that close
+        raw.sock.shutdown(socket.SHUT_WR)
+        _, opcode, payload = raw.read_frame()
+        end = raw.sock.recv(1)
+        # Linux reports a reset that came after the FIN only here (other systems may
+        # drop unread data on a reset: the close frame itself).
+        return opcode, payload, end, raw.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+
+    peer = Peer(theirs, script)
+    connection = server_connection(ours, close_timeout=60)
+    pong = connection.ping(b"crossing")
+    with pytest.raises(ConnectionClosed):
+        connection.receive(timeout=10)
+    connection.abort()
+    assert peer.finish() == (8, struct.pack("!H", 1000), b"", 0)
+    with pytest.raises(ConnectionClosed):
+        pong.get(timeout=0)
