@@ -80,6 +80,15 @@ class _Formatter(logging.Formatter):
         return f"{self._text},{int(record.msecs):03d}"
 
 
+def keep_os_lock() -> None:
+    """Give the default handler its OS lock back after monkey-patching, which replaces
+    every handler's lock with gevent's (a worker patches after its supervisor made
+    the handler)."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_geventws_default", False):
+            handler.lock = _thread.RLock()
+
+
 def configure(
     level: Optional[str], config: Optional[str], access_log: bool, *, with_pid: bool = False
 ) -> None:
@@ -92,12 +101,11 @@ def configure(
         # writing a line to stderr never yields to another greenlet, so only threads
         # need keeping apart, and this lock does that at a tenth of the cost.
         handler.lock = _thread.RLock()
+        handler._geventws_default = True  # type: ignore[attr-defined]
         logging.basicConfig(level=(level or "info").upper(), handlers=[handler])
         # What our format doesn't show, records need not gather (the logging HOWTO's
-        # "Optimization"): the calling frame's file, line and function, and the
-        # thread, which under gevent's monkey-patching means a dummy thread object
-        # made for each greenlet, that is each connection.
-        logging._srcfile = None
+        # "Optimization"): above all the thread, which under gevent's monkey-patching
+        # means a dummy thread object made for each greenlet, that is each connection.
         logging.logThreads = False
         logging.logProcesses = with_pid
         logging.logMultiprocessing = False

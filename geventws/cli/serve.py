@@ -152,6 +152,7 @@ def serve_process(args: argparse.Namespace, worker: Optional[Worker] = None) -> 
     from gevent import monkey
 
     monkey.patch_all()
+    logs.keep_os_lock()
 
     import gevent
 
