@@ -408,7 +408,11 @@ def test_wsgi_access_lines_leave_query_strings_out_and_no_access_log_drops_them(
             ws.send("x")
             assert ws.recv(timeout=10) == "x"
     assert wait_for(lambda: '"GET /page HTTP/1.1" 200' in on.output(), 10), on.output()
+    with socket.create_connection(("127.0.0.1", on.port), timeout=10) as sock:  # odd spacing
+        sock.sendall(b"GET  /page?token=SECRET  HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
     assert wait_for(lambda: "GET /ws 101" in on.output(), 10), on.output()
+    assert wait_for(lambda: "GET  /page  HTTP/1.1" in on.output(), 10), on.output()
     # Tokens passed in query strings stay out of both access logs.
     assert "SECRET" not in on.output(), on.output()
     # The WebSocket has its own access line, not pywsgi's 101.

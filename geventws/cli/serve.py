@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["run", "serve_process", "startup_line"]
 
 log = logging.getLogger("geventws.cli")
+#: A query string in a request line (``?`` up to the next blank).
+_QUERY = re.compile(r"\?\S*")
 
 #: Set by the reloader for the servers it starts: the descriptor of a pipe whose end of
 #: file says the reloader is gone. Those servers leave Ctrl-C to the reloader.
@@ -288,9 +291,7 @@ def _wsgi_server(
             request_line = self.requestline or ""
             if "?" not in request_line:
                 return line
-            method, _, rest = request_line.partition(" ")
-            target, _, version = rest.partition(" ")
-            shown = f"{method} {target.partition('?')[0]} {version}".rstrip()
+            shown = _QUERY.sub("", request_line)
             return line.replace(f'"{request_line}"', f'"{shown}"', 1)
 
     kwargs: dict[str, Any] = {}
