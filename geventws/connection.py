@@ -429,8 +429,8 @@ class Connection:
 
     def close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         """Close the connection: send a close frame with ``code`` and ``reason``, wait
-        for the peer's close and for the TCP connection to end, all within
-        ``close_timeout``.
+        for the peer's close, then end TCP (a server closes it first; a client waits for
+        the server to), all within ``close_timeout``.
 
         Idempotent; never raises for a connection that is already closed. Messages
         queued before are written before the close frame; messages the peer sent

@@ -177,7 +177,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             max_connections=self.max_connections,
             active=len(self._handlers),
             connections=self.connections,
-            nodelay=not nodelay,
+            set_nodelay=not nodelay,
         )
 
 
@@ -242,13 +242,13 @@ def serve_connection(
     max_connections: Optional[int] = None,
     active: int = 1,
     connections: Optional[set[Connection]] = None,
-    nodelay: bool = True,
+    set_nodelay: bool = True,
 ) -> None:
     """Serve one incoming connection from ``address`` on ``sock``, as
     :class:`WebSocketServer` does for each connection it accepts (and
     :class:`geventws.testing.TestClient` for each of its own).
 
-    Sets ``TCP_NODELAY`` on a TCP socket (unless ``nodelay`` is false: the socket has
+    Sets ``TCP_NODELAY`` on a TCP socket (unless ``set_nodelay`` is false: the socket has
     it already). Refuses it with 503 when ``active`` (the connections being served, this one
     included) is over ``max_connections``; wraps it in TLS with ``ssl_context``; reads
     the upgrade request within ``handshake_timeout``, with the client's address and
@@ -265,7 +265,7 @@ def serve_connection(
     started = time.monotonic()
     connection: Optional[Connection] = None
     try:
-        if nodelay and sock.family in (_socket.AF_INET, _socket.AF_INET6):
+        if set_nodelay and sock.family in (_socket.AF_INET, _socket.AF_INET6):
             sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         if max_connections is not None and active > max_connections:
             _refuse_busy(sock, address, max_connections)

@@ -82,10 +82,6 @@ _NAMES: dict[bytes, str] = {
     for name in _COMMON_NAMES
     for spelling in (sys.intern(name), sys.intern(name.lower()))
 }
-_VALUES: dict[bytes, str] = {
-    value.encode(): sys.intern(value)
-    for value in ("websocket", "Upgrade", "upgrade", "13", "keep-alive, Upgrade", "no-cache")
-}
 # Whole fields that most upgrade requests (browsers, Node, Python clients) send the
 # same: one shared (name, value) pair each, so a connection's request keeps no tuple
 # of its own for them. Name -> value -> pair, both spellings of the name.
@@ -109,6 +105,8 @@ def _shared_pairs(fields: tuple[tuple[str, str], ...]) -> dict[bytes, dict[bytes
 
 
 _PAIRS = _shared_pairs(_COMMON_FIELDS)
+# Their values, shared too when they come with another name or spelling.
+_VALUES: dict[bytes, str] = {value.encode(): sys.intern(value) for _, value in _COMMON_FIELDS}
 
 
 def find_head_end(buffer: bytes | bytearray) -> int:
