@@ -158,13 +158,13 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             raise
 
     def _serve_connection(self, sock: Any, address: Any) -> None:
-        nodelay = self._nodelay_inherited
-        if nodelay is None and sock.family in (_socket.AF_INET, _socket.AF_INET6):
+        inherited = self._nodelay_inherited
+        if inherited is None and sock.family in (_socket.AF_INET, _socket.AF_INET6):
             try:  # the first TCP connection: did the listener's option carry over?
-                nodelay = bool(sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY))
+                inherited = bool(sock.getsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY))
             except OSError:
-                nodelay = False
-            self._nodelay_inherited = nodelay
+                inherited = False
+            self._nodelay_inherited = inherited
         serve_connection(
             sock,
             address,
@@ -177,7 +177,7 @@ class WebSocketServer(StreamServer):  # type: ignore[misc]
             max_connections=self.max_connections,
             active=len(self._handlers),
             connections=self.connections,
-            set_nodelay=not nodelay,
+            set_nodelay=not inherited,
         )
 
 

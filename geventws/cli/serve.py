@@ -257,8 +257,8 @@ def _wsgi_server(
     """``--wsgi``: a gevent.pywsgi server for ``app`` with the handler beside it (every
     request head read under ``--handshake-timeout``; pywsgi's access line for each
     HTTP request on ``geventws.http``, without its query string, none with
-    ``--no-access-log``), and its graceful
-    stop (WebSocket connections closed with 1001 first)."""
+    ``--no-access-log``), and its graceful stop (WebSocket connections closed with 1001
+    first)."""
     from gevent.pool import Pool
     from gevent.pywsgi import WSGIServer
 

@@ -83,8 +83,8 @@ _NAMES: dict[bytes, str] = {
     for spelling in (sys.intern(name), sys.intern(name.lower()))
 }
 # Whole fields that most upgrade requests (browsers, Node, Python clients) send the
-# same: one shared (name, value) pair each, so a connection's request keeps no tuple
-# of its own for them. Name -> value -> pair, both spellings of the name.
+# same: one shared (name, value) pair each (_PAIRS: name -> value -> pair, for both
+# spellings of the name), so a connection's request keeps no tuple of its own for them.
 _COMMON_FIELDS = (
     ("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Connection", "upgrade"),
     ("Connection", "keep-alive, Upgrade"), ("Sec-WebSocket-Version", "13"),
