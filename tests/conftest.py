@@ -31,6 +31,7 @@ def serve() -> Iterator[Callable[..., ServerThread]]:
         server.stop()
         assert server.leftover_greenlets == [], f"greenlets left: {server.leftover_greenlets}"
         assert server.server is not None and not getattr(server.server, "connections", ())
+        server.release()
     assert wait_for(lambda: fd_count() <= before), (
         f"file descriptors leaked: {before} -> {fd_count()}"
     )

@@ -277,12 +277,6 @@ def test_broadcasts_to_overlapping_sets_in_one_turn_reach_each_client_exactly(
 
     def handler(connection: Connection, request: Request) -> None:
         by_path[request.path] = connection
-        try:
-            serve_one(connection, request)
-        finally:  # (a later test counts the Connection objects left)
-            del by_path[request.path]
-
-    def serve_one(connection: Connection, request: Request) -> None:
         if request.path == "/publisher":
             connection.receive(timeout=10)
             a, b, c, d = (by_path[path] for path in ("/a", "/b", "/c", "/d"))

@@ -68,7 +68,7 @@ class ServerThread:
         factory: Callable[..., Any] = WebSocketServer,
         **options: Any,
     ) -> None:
-        self.handler = handler
+        self.handler: Optional[Callable[..., Any]] = handler
         self.factory = factory
         self.options = options
         self.port = 0
@@ -132,6 +132,15 @@ class ServerThread:
         self.call(lambda: server.stop(timeout))
         self._thread.join(timeout + 10)
         assert not self._thread.is_alive(), "server thread did not stop"
+
+    def release(self) -> None:
+        """Let go of the stopped server and its handler. Needed because the thread's last
+        frame stays reachable after it ended (from the traceback of the ``LoopExit``
+        that destroying its hub raises and catches), and through it this object: else
+        whatever the handler's closure holds (connections) would outlive the test."""
+        self.server = None
+        self.handler = None
+        self.options = {}
 
     def __enter__(self) -> ServerThread:
         return self.start()
