@@ -11,10 +11,8 @@ a blocking call that would stall the hub), each with a deadline.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import struct
-import threading
 import time
 from typing import Any, Callable, Iterator, Optional
 
@@ -24,82 +22,14 @@ import greenlet
 import pytest
 
 from geventws import Connection, ConnectionClosed, ConnectionClosedError
-from geventws.core.protocol import Protocol, Side
-from geventws.options import ConnectionSettings, resolve
 
-from .utils import RawPeer, client_frame, fd_count
+from .tcp_peers import Peer, no_descriptor_leaks, server_connection, tcp_pair
+from .utils import RawPeer, client_frame
 
 BIG = os.urandom(256 * 1024)
 
 
 # -- fixtures ------------------------------------------------------------------------------
-
-
-def tcp_pair(buffer: int = 8192) -> tuple[Any, socket.socket]:
-    """A real TCP connection on loopback: (gevent socket, plain blocking socket), with
-    small buffers so that a large write blocks until the peer reads."""
-    listener = socket.socket()
-    # An Ethernet-sized MSS (loopback's is 64 KiB): with buffers smaller than one
-    # segment, every window update would wait for TCP's persist timer.
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1460)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    client = socket.socket()
-    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 1460)
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)  # before the window opens
-    client.settimeout(20)
-    client.connect(listener.getsockname())
-    accepted, _ = listener.accept()
-    listener.close()
-    ours = gevent.socket.socket(fileno=accepted.detach())
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
-    for sock in (ours, client):  # as the server and the client set them
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return ours, client
-
-
-def server_connection(sock: Any, **options: Any) -> Connection:
-    """A server-side Connection already open (no HTTP handshake)."""
-    options.setdefault("ping_interval", None)
-    settings = ConnectionSettings(resolve("server", options, "test"))
-    protocol = Protocol(Side.SERVER, max_size=settings.max_size)
-    return Connection(sock, Side.SERVER, settings, protocol=protocol)
-
-
-def wait_in_hub(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    """Poll ``predicate`` while letting the hub run; its last value."""
-    with gevent.Timeout(timeout, False):
-        while not predicate():
-            gevent.sleep(0.005)
-    return predicate()
-
-
-class Peer:
-    """The raw peer's script, run in a thread: ``script(peer)``, using ``peer.raw`` (a
-    :class:`RawPeer`) and ``peer.go``; its result or exception is kept for the test."""
-
-    def __init__(self, sock: socket.socket, script: Callable[[Peer], Any]) -> None:
-        self.raw = RawPeer(sock)
-        self.result: Any = None
-        self.error: Optional[BaseException] = None
-        self.go = threading.Event()  # the test lets the script go on
-        self._thread = threading.Thread(target=self._run, args=(script,), daemon=True)
-        self._thread.start()
-
-    def _run(self, script: Callable[[Peer], Any]) -> None:
-        try:
-            self.result = script(self)
-        except BaseException as exc:  # reported to the test
-            self.error = exc
-
-    def finish(self, timeout: float = 20.0) -> Any:
-        """Wait (in the hub) for the script; its result, or re-raise its error."""
-        assert wait_in_hub(lambda: not self._thread.is_alive(), timeout), "peer script hung"
-        self._thread.join()
-        self.raw.close()
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 class SlowSocket:
@@ -192,13 +122,7 @@ def injection_points(count: int, limit: int = 40) -> list[int]:
 
 @pytest.fixture(autouse=True)
 def _no_leaks() -> Iterator[None]:
-    gevent.sleep(0)  # the hub and its loop exist (their own descriptors) before counting
-    before = fd_count()
-    yield
-    gevent.sleep(0.05)
-    assert wait_in_hub(lambda: fd_count() <= before), (
-        f"descriptors leaked: {before} -> {fd_count()}"
-    )
+    yield from no_descriptor_leaks()
 
 
 # -- the six scenarios of the issue ---------------------------------------------------------
@@ -521,111 +445,3 @@ def test_ping_never_blocks_and_its_pong_survives_an_interrupted_wait() -> None:
     connection.close()
     assert peer.finish() == ([], 1000)
     connection.abort()
-
-
-def test_close_code_and_reason_of_a_peer_close_are_echoed() -> None:
-    ours, theirs = tcp_pair()
-
-    def script(peer: Peer) -> Any:
-        raw = peer.raw
-        raw.send(client_frame(8, struct.pack("!H", 4001) + b"see you"))
-        _, opcode, payload = raw.read_frame()
-        return opcode, payload
-
-    peer = Peer(theirs, script)
-    connection = server_connection(ours)
-    with pytest.raises(ConnectionClosed) as info:
-        connection.receive(timeout=10)
-    assert (info.value.code, info.value.reason) == (4001, "see you")
-    assert peer.finish() == (8, struct.pack("!H", 4001) + b"see you")
-    connection.abort()
-
-
-@pytest.mark.parametrize("fin", [False, True], ids=["peer-open", "peer-fin-in"])
-def test_after_the_closing_handshake_the_server_closes_tcp_without_waiting_for_the_peer(
-    fin: bool,
-) -> None:
-    """RFC 6455 §7.1.1: once both close frames are through, the server closes TCP first.
-    With nothing left unread (or only the peer's FIN) it closes at once: no half-close,
-    no wait for the peer's FIN; the peer still gets the whole close frame, then the end
-    of the stream."""
-    ours, theirs = tcp_pair()
-    go = threading.Event()
-
-    def script(peer: Peer) -> Any:
-        raw = peer.raw
-        raw.send(client_frame(8, struct.pack("!H", 1000)))
-        if fin:
-            raw.sock.shutdown(socket.SHUT_WR)
-        _, opcode, payload = raw.read_frame()
-        go.wait(30)  # the server is done with the socket; ours stays open until now
-        return opcode, payload, raw.sock.recv(1)
-
-    peer = Peer(theirs, script)
-    connection = server_connection(ours, close_timeout=60)
-    with pytest.raises(ConnectionClosed):
-        connection.receive(timeout=10)
-    with gevent.Timeout(20):  # a wait for the peer's FIN would last close_timeout (60 s)
-        connection.abort()
-    assert ours.fileno() == -1
-    go.set()
-    assert peer.finish() == (8, struct.pack("!H", 1000), b"")
-
-
-def test_input_still_unread_after_the_closing_handshake_is_drained_before_the_close() -> None:
-    """A peer that sends more after its close frame (it must not) still gets the close
-    frame: what is unread is read and discarded until its FIN, so no reset destroys it."""
-    ours, theirs = tcp_pair()
-    go, sent = threading.Event(), threading.Event()
-
-    def script(peer: Peer) -> Any:
-        raw = peer.raw
-        raw.send(client_frame(8, struct.pack("!H", 1000)))
-        go.wait(30)  # the server has read the close frame and nothing more
-        raw.send(b"stray bytes after the close frame")  # in our socket's buffer on return
-        raw.sock.shutdown(socket.SHUT_WR)
-        sent.set()
-        _, opcode, payload = raw.read_frame()  # a reset would raise here
-        return opcode, payload, raw.sock.recv(1)
-
-    peer = Peer(theirs, script)
-    connection = server_connection(ours, close_timeout=60)
-    with pytest.raises(ConnectionClosed):
-        connection.receive(timeout=10)
-    go.set()
-    assert sent.wait(10)  # blocking the hub: the closing can't start before the bytes came
-    connection.abort()  # writes the close frame, then finds the stray bytes unread
-    assert ours.fileno() == -1
-    assert peer.finish() == (8, struct.pack("!H", 1000), b"")
-
-
-def test_a_pong_owed_after_the_peer_s_close_keeps_the_lingering_close() -> None:
-    """A ping of ours that crossed the peer's close frame may still be answered (RFC 6455
-    §5.5.2: the peer had not received our close yet): that pong can arrive after our
-    close frame went out, so the server half-closes and reads until the peer's FIN
-    rather than closing at once, which would answer the pong with a reset."""
-    ours, theirs = tcp_pair()
-
-    def script(peer: Peer) -> Any:
-        raw = peer.raw
-        _, opcode, ping = raw.read_frame()
-        assert opcode == 9
-        raw.send(client_frame(8, struct.pack("!H", 1000)))
-        select.select([raw.sock], [], [], 30)  # our close frame is coming in
-        raw.send(client_frame(10, ping))  # the pong, sent before reading that close
-        raw.sock.shutdown(socket.SHUT_WR)
-        _, opcode, payload = raw.read_frame()
-        end = raw.sock.recv(1)
-        # Linux reports a reset that came after the FIN only here (other systems may
-        # drop unread data on a reset: the close frame itself).
-        return opcode, payload, end, raw.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-
-    peer = Peer(theirs, script)
-    connection = server_connection(ours, close_timeout=60)
-    pong = connection.ping(b"crossing")
-    with pytest.raises(ConnectionClosed):
-        connection.receive(timeout=10)
-    connection.abort()
-    assert peer.finish() == (8, struct.pack("!H", 1000), b"", 0)
-    with pytest.raises(ConnectionClosed):
-        pong.get(timeout=0)
