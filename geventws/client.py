@@ -17,7 +17,7 @@ import gevent.socket
 from ._deadline import Deadline
 from ._sockets import read_head, start_tls
 from .connection import Connection
-from .core.client_handshake import ClientHandshake, Opened
+from .core.client_handshake import ClientHandshake, Opened, Redirect
 from .core.headers import Headers
 from .core.http11 import parse_response
 from .core.protocol import Side
@@ -120,23 +120,7 @@ def _attempt(
             sock = start_tls(
                 sock, tls_context, server_side=False, server_hostname=handshake.server_hostname
             )
-        sock.sendall(handshake.request())
-        try:
-            received = read_head(sock)
-        except InvalidRequest as exc:
-            raise InvalidResponse(f"response head: {exc.message}") from None
-        if received is None:
-            raise InvalidResponse("connection closed before the handshake response")
-        raw_head, leftover = received
-        head = parse_response(raw_head)
-        try:
-            outcome = handshake.receive_response(
-                head, max_size=settings.max_size, max_fragments=settings.max_fragments
-            )
-        except InvalidResponse as exc:
-            if exc.status is not None and exc.status != 101:
-                exc.body = _read_body(sock, head.headers, leftover)
-            raise
+        outcome, leftover = exchange_handshake(sock, handshake, settings)
         if not isinstance(outcome, Opened):
             return outcome.location
         returned = True
@@ -144,6 +128,33 @@ def _attempt(
     finally:
         if not returned:
             sock.close()
+
+
+def exchange_handshake(
+    sock: Any, handshake: ClientHandshake, settings: ConnectionSettings
+) -> tuple[Union[Opened, Redirect], bytes]:
+    """The opening handshake on ``sock`` (connected, TLS done): the request sent, the
+    response read and checked; the outcome and the bytes read past the response (also
+    :class:`geventws.testing.TestClient`'s). Raises :class:`~geventws.InvalidResponse`,
+    with the body of an error answer; the caller sets the deadline."""
+    sock.sendall(handshake.request())
+    try:
+        received = read_head(sock)
+    except InvalidRequest as exc:
+        raise InvalidResponse(f"response head: {exc.message}") from None
+    if received is None:
+        raise InvalidResponse("connection closed before the handshake response")
+    raw_head, leftover = received
+    head = parse_response(raw_head)
+    try:
+        outcome = handshake.receive_response(
+            head, max_size=settings.max_size, max_fragments=settings.max_fragments
+        )
+    except InvalidResponse as exc:
+        if exc.status is not None and exc.status != 101:
+            exc.body = _read_body(sock, head.headers, leftover)
+        raise
+    return outcome, leftover
 
 
 def _read_body(sock: Any, headers: Headers, data: bytes) -> bytes:

@@ -44,17 +44,15 @@ import gevent
 import gevent.socket
 
 from ._deadline import Deadline
-from ._sockets import read_head
+from .client import exchange_handshake
 from .connection import Connection
-from .core.client_handshake import ClientHandshake, Opened, Redirect
+from .core.client_handshake import ClientHandshake, Opened
 from .core.frames import CloseCode
-from .core.headers import Headers
-from .core.http11 import parse_response
 from .core.protocol import Side
 from .core.proxy import TrustedProxies, check_proxy_headers
 from .core.request import Request
 from .core.uri import WebSocketURI, parse_uri
-from .exceptions import ConnectionClosed, InvalidHandshake, InvalidRequest, InvalidResponse
+from .exceptions import ConnectionClosed, InvalidHandshake
 from .options import ConnectionSettings, resolve
 from .server import serve_connection
 from .upgrade import Handler, UpgradePolicy
@@ -72,8 +70,6 @@ client_logger = logging.getLogger("geventws.client")
 
 #: The host of a path given to :meth:`TestClient.connect`.
 DEFAULT_HOST = "testserver"
-
-_MAX_BODY = 65536
 
 
 class _Served:
@@ -216,7 +212,7 @@ class TestClient:
             connection: Optional[TestConnection] = None
             try:
                 with deadline.timeout():
-                    outcome, leftover = _open(client_sock, handshake, settings)
+                    outcome, leftover = exchange_handshake(client_sock, handshake, settings)
                 if isinstance(outcome, Opened):
                     connection = TestConnection(
                         client_sock,
@@ -390,45 +386,3 @@ def _target(path: str) -> WebSocketURI:
     if uri.secure:
         raise ValueError(f"TestClient has no TLS: use ws:// or a path, not {path!r}")
     return uri
-
-
-def _open(
-    sock: Any, handshake: ClientHandshake, settings: ConnectionSettings
-) -> tuple[Union[Opened, Redirect], bytes]:
-    """The opening handshake on ``sock``, as :func:`geventws.connect` does it: the
-    outcome and the bytes read past the response. Raises
-    :class:`~geventws.InvalidResponse` (with the body of an error answer)."""
-    sock.sendall(handshake.request())
-    try:
-        received = read_head(sock)
-    except InvalidRequest as exc:
-        raise InvalidResponse(f"response head: {exc.message}") from None
-    if received is None:
-        raise InvalidResponse("connection closed before the handshake response")
-    raw_head, leftover = received
-    head = parse_response(raw_head)
-    try:
-        outcome = handshake.receive_response(
-            head, max_size=settings.max_size, max_fragments=settings.max_fragments
-        )
-    except InvalidResponse as exc:
-        if exc.status is not None and exc.status != 101:
-            exc.body = _read_body(sock, head.headers, leftover)
-        raise
-    return outcome, leftover
-
-
-def _read_body(sock: Any, headers: Headers, data: bytes) -> bytes:
-    """The body of an error answer, at most 64 KiB (under the caller's deadline)."""
-    length = headers.get("Content-Length")
-    wanted = min(int(length) if length is not None and length.isdigit() else _MAX_BODY, _MAX_BODY)
-    body = bytearray(data)
-    try:
-        while len(body) < wanted:
-            chunk = sock.recv(wanted - len(body))
-            if not chunk:
-                break
-            body += chunk
-    except OSError:
-        pass
-    return bytes(body[:wanted])
