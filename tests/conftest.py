@@ -27,11 +27,15 @@ def serve() -> Iterator[Callable[..., ServerThread]]:
         return server
 
     yield start
-    for server in servers:
-        server.stop()
-        assert server.leftover_greenlets == [], f"greenlets left: {server.leftover_greenlets}"
-        assert server.server is not None and not getattr(server.server, "connections", ())
-        server.release()
+    try:
+        for server in servers:
+            server.stop()
+            assert server.leftover_greenlets == [], f"greenlets left: {server.leftover_greenlets}"
+            assert server.server is not None and not getattr(server.server, "connections", ())
+    finally:  # every server stopped and let go, even when a check above failed
+        for server in servers:
+            server.stop()
+            server.release()
     assert wait_for(lambda: fd_count() <= before), (
         f"file descriptors leaked: {before} -> {fd_count()}"
     )

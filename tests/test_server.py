@@ -1,9 +1,10 @@
 """The server and the blocking connection, against independent clients on loopback.
 
-Clients: websockets' sync client, websocket-client, requests and raw sockets. Handlers
-run in the server's thread and report through thread-safe queues. Tests of the handler's
-own API, which need no independent peer, use :class:`geventws.testing.TestClient`
-(the handler on the test's hub, reporting through plain lists).
+Clients: websockets' sync client, websocket-client and raw sockets (the HTTP side, with
+``requests`` too, is in test_server_http.py). Handlers run in the server's thread and
+report through thread-safe queues. Tests of the handler's own API, which need no
+independent peer, use :class:`geventws.testing.TestClient` (the handler on the test's
+hub, reporting through plain lists).
 """
 
 from __future__ import annotations

@@ -141,6 +141,7 @@ class ServerThread:
         self.server = None
         self.handler = None
         self.options = {}
+        self.hub = None
 
     def __enter__(self) -> ServerThread:
         return self.start()
