@@ -26,7 +26,8 @@ too, rather than at accept with no deadline.
 
 On SIGTERM (a graceful stop or restart) every WebSocket connection is closed with 1001
 "going away" at once, so handlers finish well within gunicorn's ``graceful_timeout``
-instead of being killed with it.
+instead of being killed with it; idle HTTP keep-alive connections are closed too (the
+others after their response), which gunicorn would otherwise wait for.
 
 gunicorn's plain ``gevent`` worker parses HTTP itself and cannot hand a connection over
 cleanly; use this worker (or ``gevent_pywsgi``) instead. This is the only geventws

@@ -119,6 +119,20 @@ def test_sigterm_closes_websockets_with_1001_and_exits(gunicorn: type) -> None:
     assert "ConcurrentObjectUseError" not in log and "Traceback" not in log, log
 
 
+def test_sigterm_ends_idle_keep_alive_connections_at_once(gunicorn: type) -> None:
+    """A worker stopping gracefully doesn't wait for an idle keep-alive connection to
+    time out (the request-head deadline is 120 s here, the graceful timeout 20 s): it is
+    closed at once."""
+    server = gunicorn(worker="tests.wsgi_apps.PatientWorker")
+    with requests.Session() as idle:
+        page = idle.get(f"http://127.0.0.1:{server.port}/hello", timeout=10)
+        assert page.text == "hello from WSGI" and page.headers.get("Connection") != "close"
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=15) == 0  # not the 20 s graceful timeout
+    log = server.log.read_text()
+    assert "Worker graceful timeout" not in log and "Traceback" not in log, log
+
+
 def test_plain_gevent_worker_refuses_with_a_pointer_to_ours(gunicorn: type) -> None:
     server = gunicorn(worker="gevent")
     with pytest.raises(InvalidStatus) as info:

@@ -10,6 +10,7 @@ import json
 from typing import Any, Callable, Iterable
 
 import geventws
+from geventws.worker import GeventWebSocketWorker
 from geventws.wsgi import WebSocketMiddleware
 
 
@@ -84,3 +85,10 @@ def _site(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterab
 
 #: Middleware routes, plain WSGI routes and a gevent-websocket application together.
 combined = WebSocketMiddleware(_site, {"/ws": echo, "/info": info}, ping_interval=None)
+
+
+class PatientWorker(GeventWebSocketWorker):
+    """The gunicorn worker with a request-head deadline far above any test's wait: a
+    graceful stop that waited for idle keep-alive connections to time out would show."""
+
+    handshake_timeout = 120.0

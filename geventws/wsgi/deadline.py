@@ -1,5 +1,6 @@
 """A deadline on every request head a gevent.pywsgi server reads (slow clients can't
-hold it open): :class:`RequestDeadlineHandler`."""
+hold it open): :class:`RequestDeadlineHandler`; and, for a graceful stop,
+:func:`end_idle_keepalive`."""
 
 from __future__ import annotations
 
@@ -11,9 +12,34 @@ from gevent.pywsgi import WSGIHandler
 
 from .._sockets import format_address
 
-__all__ = ["RequestDeadlineHandler"]
+__all__ = ["RequestDeadlineHandler", "end_idle_keepalive"]
 
 logger = logging.getLogger("geventws.wsgi")
+
+#: The handlers of this process waiting for the next request of a keep-alive connection
+#: (nothing of it read yet), with the deadline each waits under.
+_IDLE: dict[RequestDeadlineHandler, gevent.Timeout] = {}
+
+
+def end_idle_keepalive() -> None:
+    """For a graceful stop of this process: close the keep-alive connections waiting for
+    their next request, and from now on each one after its current response, so that
+    a server (or gunicorn worker) waiting for its connections to end isn't held up
+    until each idle one times out. Requests in progress are left to finish; a fresh
+    connection still gets its first request. Never blocks."""
+    RequestDeadlineHandler.stopping = True
+    loop = gevent.get_hub().loop
+    for handler in list(_IDLE):
+        loop.run_callback(_end_if_idle, handler)
+
+
+def _end_if_idle(handler: RequestDeadlineHandler) -> None:
+    # A loop callback, in the hub: still waiting for its next request (nothing of it
+    # read)? Then end it as its deadline would ("idle keep-alive connection closed").
+    timer = _IDLE.get(handler)
+    greenlet = handler._greenlet
+    if timer is not None and greenlet is not None and not greenlet.dead:
+        greenlet.throw(timer)
 
 
 class RequestDeadlineHandler(WSGIHandler):  # type: ignore[misc]
@@ -43,8 +69,13 @@ class RequestDeadlineHandler(WSGIHandler):  # type: ignore[misc]
     handshake_timeout: ClassVar[float] = 10.0
     _requests = 0  # requests read on this connection
     _head_deadline: Optional[gevent.Timeout] = None
+    _greenlet: Any = None  # the greenlet serving the connection, while it is idle
+    #: Set for good by :func:`end_idle_keepalive`: no next request on a connection.
+    stopping: ClassVar[bool] = False
 
     def handle_one_request(self) -> Any:
+        if self._requests and self.stopping:
+            return None  # a graceful stop: no next request on this connection
         timer = gevent.Timeout(self.handshake_timeout)
         self._head_deadline = timer
         timer.start()
@@ -53,7 +84,13 @@ class RequestDeadlineHandler(WSGIHandler):  # type: ignore[misc]
             if self._requests:
                 # Wait for the first byte apart, to tell an idle keep-alive connection
                 # from a slow request.
-                self.rfile.peek(1)
+                self._greenlet = gevent.getcurrent()
+                _IDLE[self] = timer
+                try:
+                    self.rfile.peek(1)
+                finally:
+                    del _IDLE[self]
+                    self._greenlet = None
             idle = False
             return super().handle_one_request()
         except gevent.Timeout as exc:

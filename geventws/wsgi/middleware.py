@@ -24,6 +24,7 @@ from ..upgrade import (
     log_refusal,
     run_handler,
 )
+from .deadline import end_idle_keepalive
 from .environ import (
     LEGACY_DETACH,
     WSGIAnswer,
@@ -233,7 +234,11 @@ def _close(connections: list[Connection], code: int, reason: str) -> None:
 
 
 def shutdown(code: int = CloseCode.GOING_AWAY, reason: str = "server shutting down") -> None:
-    """Close every WebSocket connection opened through this module in this process
-    (middleware and :class:`WebSocketHandler` alike), in parallel; for graceful stops
-    (the gunicorn worker and ``geventws serve --wsgi`` call it on SIGTERM)."""
+    """For a graceful stop of this process (the gunicorn worker calls it on SIGTERM):
+    close every WebSocket connection opened through this module (middleware and
+    :class:`WebSocketHandler` alike), in parallel, and the idle HTTP keep-alive
+    connections of :class:`~geventws.wsgi.RequestDeadlineHandler`, the others after
+    their response (:func:`~geventws.wsgi.deadline.end_idle_keepalive`), so the worker
+    doesn't wait for them."""
+    end_idle_keepalive()
     _close(list(_LIVE), code, reason)
