@@ -214,25 +214,15 @@ class Reader:
             self.process(b"", False)
             return
         into = protocol.receive_buffer()  # a large frame's own buffer, if any
-        raw = self._raw
         data: Union[bytes, int, None]
         try:
-            if raw is not None:
-                data = recv_now(raw, _RECV_SIZE) if into is None else recv_into_now(raw, into)
-                if data is None:
-                    if deadline is None or deadline.unbounded:
-                        data = self._wait_and_recv(raw, into)
-                    else:
-                        with deadline.timeout():
-                            data = self._wait_and_recv(raw, into)
-            elif deadline is None or deadline.unbounded:
-                data = self._sock.recv(_RECV_SIZE) if into is None else self._sock.recv_into(into)
-            else:
-                with deadline.timeout():
-                    if into is None:
-                        data = self._sock.recv(_RECV_SIZE)
-                    else:
-                        data = self._sock.recv_into(into)
+            data = self._recv_now(into)
+            if data is None:
+                if deadline is None or deadline.unbounded:
+                    data = self._wait_and_recv(into)
+                else:
+                    with deadline.timeout():
+                        data = self._wait_and_recv(into)
         except TimeoutError:
             raise  # the deadline (an OSError too, but not a lost connection)
         except OSError as exc:
@@ -241,13 +231,27 @@ class Reader:
             data = b""
         self.process(data, not data)
 
-    def _wait_and_recv(self, raw: Any, into: Optional[memoryview]) -> Union[bytes, int]:
-        """Wait until the plain socket is readable, then read: what gevent's ``recv``
-        does, on the socket's own read watcher (``close()`` from another greenlet still
-        interrupts the wait), but without its exception and the frame object the
-        exception's traceback makes, which an idle connection would keep while it
-        waits. The wait is the only switch: cancelled there, nothing was read."""
+    def _recv_now(self, into: Optional[memoryview]) -> Union[bytes, int, None]:
+        """What a plain socket has now (bytes, or the count read into ``into``), without
+        waiting; ``None`` when nothing yet, and always over TLS (read by waiting)."""
+        raw = self._raw
+        if raw is None:
+            return None
+        return recv_now(raw, _RECV_SIZE) if into is None else recv_into_now(raw, into)
+
+    def _wait_and_recv(self, into: Optional[memoryview]) -> Union[bytes, int]:
+        """Wait until the socket is readable, then read. Over TLS, gevent's ``recv``.
+        On a plain socket, what gevent's ``recv`` does, on the socket's own read watcher
+        (``close()`` from another greenlet still interrupts the wait), but without its
+        exception and the frame object the exception's traceback makes, which an idle
+        connection would keep while it waits. The wait is the only switch: cancelled
+        there, nothing was read."""
         sock = self._sock
+        if self._raw is None:
+            data: Union[bytes, int] = (
+                sock.recv(_RECV_SIZE) if into is None else sock.recv_into(into)
+            )
+            return data
         event = sock._read_event
         if event is None:  # closed meanwhile (the descriptor may not be, yet)
             raise OSError(errno.EBADF, "socket closed")
@@ -256,9 +260,9 @@ class Reader:
         wait = sock.hub.wait
         while True:
             wait(event)
-            data = recv_now(raw, _RECV_SIZE) if into is None else recv_into_now(raw, into)
-            if data is not None:
-                return data
+            now = self._recv_now(into)
+            if now is not None:
+                return now
 
     # -- what was read ------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ def end_idle_keepalive() -> None:
     a server (or gunicorn worker) waiting for its connections to end isn't held up
     until each idle one times out. Requests in progress are left to finish; a fresh
     connection still gets its first request. Never blocks."""
-    RequestDeadlineHandler.stopping = True
+    RequestDeadlineHandler._stopping = True
     loop = gevent.get_hub().loop
     for handler in list(_IDLE):
         loop.run_callback(_end_if_idle, handler)
@@ -70,11 +70,11 @@ class RequestDeadlineHandler(WSGIHandler):  # type: ignore[misc]
     _requests = 0  # requests read on this connection
     _head_deadline: Optional[gevent.Timeout] = None
     _greenlet: Any = None  # the greenlet serving the connection, while it is idle
-    #: Set for good by :func:`end_idle_keepalive`: no next request on a connection.
-    stopping: ClassVar[bool] = False
+    # Set for good by end_idle_keepalive(): no next request on any connection.
+    _stopping: ClassVar[bool] = False
 
     def handle_one_request(self) -> Any:
-        if self._requests and self.stopping:
+        if self._requests and self._stopping:
             return None  # a graceful stop: no next request on this connection
         timer = gevent.Timeout(self.handshake_timeout)
         self._head_deadline = timer
