@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import gevent
@@ -10,6 +11,7 @@ import pytest
 from websockets.sync.server import ServerConnection
 from websockets.sync.server import serve as ws_serve
 
+from .cli_runner import run_cli
 from .utils import ServerThread, fd_count, wait_for
 
 
@@ -56,3 +58,10 @@ def ws_server() -> Iterator[Callable[..., int]]:
     yield start
     for server in servers:
         server.shutdown()
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Any]:
+    """``cli("serve", ...)`` runs ``python -m geventws serve ...`` in ``tmp_path`` (see
+    :func:`tests.cli_runner.run_cli`); killed at the end of the test."""
+    yield from run_cli(tmp_path)

@@ -1,6 +1,6 @@
 """The ``geventws`` command line: flags generated from the options table, usage errors,
-``--version``, loading ``module:handler``. (Serving: test_cli_serve.py; the client:
-test_cli_client.py.)"""
+``--version``, loading ``module:handler``. (Serving: test_cli_serve.py, its logging:
+test_cli_logging.py; the client: test_cli_client.py.)"""
 
 from __future__ import annotations
 
