@@ -90,6 +90,35 @@ def test_wsgi_access_lines_leave_query_strings_out_and_no_access_log_drops_them(
     assert "GET /page" not in off.output()
 
 
+@pytest.mark.parametrize(
+    ("request_line", "shown"),
+    [
+        (b"GET /page?token=SECRET HTTP/9.9", "Invalid http version: 'GET /page HTTP/9.9"),
+        (b"GET /page?token=SECRET HTTP/1.1 more", "Invalid HTTP method: 'GET /page HTTP/1.1 more"),
+        # The query goes up to the next blank, the quotes around it with it.
+        (b"POST /page?token=SECRET", "Got command='POST'; path='/page raw='POST /page"),
+    ],
+)
+def test_wsgi_error_lines_leave_query_strings_out(
+    cli: Any, tmp_path: Path, request_line: bytes, shown: str
+) -> None:
+    """pywsgi's own line for a malformed request quotes it: without the query string."""
+    (tmp_path / "page.py").write_text(WSGI_APP)
+    served = cli("serve", ECHO, "--wsgi", "page:app", "--port", "0")
+    with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+        sock.sendall(request_line + b"\r\nHost: x\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 400")
+
+    def error_line() -> bool:
+        return any(
+            " ERROR geventws.http: " in line and shown in line
+            for line in served.output().splitlines()
+        )
+
+    assert wait_for(error_line, 10), served.output()
+    assert "SECRET" not in served.output(), served.output()
+
+
 def write_config(tmp_path: Path, kind: str) -> Path:
     formatter = "CONFIGURED %(levelname)s %(name)s %(message)s"
     if kind == "json":

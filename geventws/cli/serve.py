@@ -294,6 +294,15 @@ def _wsgi_server(
             shown = _QUERY.sub("", request_line)
             return line.replace(f'"{request_line}"', f'"{shown}"', 1)
 
+        def log_error(self, msg: str, *args: Any) -> None:
+            # pywsgi's error line for a malformed request quotes the request line (and
+            # the path): without the query string. Formatted as pywsgi formats it.
+            try:
+                message = msg % args if args else msg
+            except (TypeError, ValueError):
+                message = f"{msg!r} {args!r}"
+            super().log_error(_QUERY.sub("", message))
+
     kwargs: dict[str, Any] = {}
     if ssl_context is not None:
         # The TLS handshake then happens on the first read, under the request deadline.
