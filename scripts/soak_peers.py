@@ -352,7 +352,7 @@ def slow_reader(ctx: Context, index: int) -> None:
     publishers fill them. Either way the server must skip them (broadcast) and close
     them: once a write made no progress for ``send_timeout`` (1008), or when keepalive
     gets no pong (1011). After holding on for ``send_timeout`` plus 10 s, draining what
-    the server queued must reach EOF within 15 s."""
+    the server queued (with the receive buffer raised) must reach EOF within 15 s."""
     role, rng = "slow", random.Random(4000 + index)
     while not ctx.stop.is_set():
         path = "/echo" if index % 2 == 0 else "/subscribe"
@@ -371,6 +371,11 @@ def slow_reader(ctx: Context, index: int) -> None:
                     if ctx.pause(0.2):
                         break
                 else:
+                    # Drain with a large window: through an 8 KiB one, the megabytes
+                    # the server's kernel still holds take a recv() each 8 KiB, and
+                    # each recv() waits for the GIL behind the other client threads
+                    # (13 s for 3 MB beside 4 busy threads, 0.6 s with this).
+                    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
                     if raw.wait_eof(time.monotonic() + 15):
                         ctx.tally.count(role, f"closed:{path}")
                     else:
