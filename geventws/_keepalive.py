@@ -40,9 +40,10 @@ class Keepalive:
     """The pings of one connection over ``protocol`` and ``writer``.
 
     ``interval`` and ``timeout`` configure the keepalive (``None`` turns either off).
-    ``owner`` is the connection's :class:`~geventws._transport.Transport`: its
-    ``keepalive_expired()`` runs in a new greenlet when a keepalive pong is late, and
-    its reader's ``paused`` says whether back-pressure paused reading.
+    ``owner`` is the connection's :class:`~geventws._transport.Transport` (``None``
+    once it released the link): its ``keepalive_expired()`` runs in a new greenlet when
+    a keepalive pong is late, and its reader's ``paused`` says whether back-pressure
+    paused reading.
     """
 
     __slots__ = (
@@ -61,7 +62,7 @@ class Keepalive:
         self,
         protocol: Protocol,
         writer: Writer,
-        owner: Transport,
+        owner: Optional[Transport],
         *,
         interval: Optional[float],
         timeout: Optional[float],
@@ -139,13 +140,14 @@ class Keepalive:
 
     def _expired(self) -> None:
         # A loop callback: no pong within ``timeout`` of queueing the ping.
-        if self._waiting is None:
+        owner = self._owner
+        if self._waiting is None or owner is None:
             return
-        if self._owner.reader.paused:
+        if owner.reader.paused:
             # Paused by back-pressure: the pong may be waiting in the socket, unread.
             self._deadline.start(self._expired)
             return
-        gevent.spawn_raw(self._owner.keepalive_expired)
+        gevent.spawn_raw(owner.keepalive_expired)
 
     @property
     def unanswered(self) -> bool:

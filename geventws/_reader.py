@@ -57,9 +57,10 @@ _RECV_SIZE = 262144
 class Reader:
     """The read side of one connection over ``protocol``.
 
-    ``owner`` is the connection's :class:`~geventws._transport.Transport`: each pong
-    goes to its keepalive, and its ``finish()`` runs once the protocol says the
-    transport should close; ``high``/``low`` are the back-pressure marks.
+    ``owner`` is the connection's :class:`~geventws._transport.Transport` (``None``
+    once it released the link): each pong goes to its keepalive, and its ``finish()``
+    runs once the protocol says the transport should close; ``high``/``low`` are the
+    back-pressure marks.
     """
 
     __slots__ = (
@@ -86,7 +87,7 @@ class Reader:
         protocol: Protocol,
         writer: Writer,
         *,
-        owner: Transport,
+        owner: Optional[Transport],
         high: int,
         low: int,
         logger: logging.Logger,
@@ -294,13 +295,13 @@ class Reader:
                         messages = self.messages = deque()
                     messages.append(event)
                     new = True
-                elif kind is Pong:
+                elif kind is Pong and self._owner is not None:
                     self._owner.keepalive.pong(event.data)
                 # Ping (answered by the protocol) and Close (it sets the state) need
                 # nothing here.
             if new and self._wakeup is not None:
                 self._wakeup.set()
-        if protocol.state is CLOSED:
+        if protocol.state is CLOSED and self._owner is not None:
             self._owner.finish()
 
     def pop(self) -> Data:

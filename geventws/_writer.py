@@ -71,7 +71,8 @@ class Writer:
     bounds a wait without progress (``None``: none). ``owner`` is the connection's
     :class:`~geventws._transport.Transport`: its ``write_failed(exc)`` is called once
     when the transport fails (an :class:`OSError`, or :class:`SendTimeout`) and returns
-    the :class:`~geventws.ConnectionClosed` that writers then raise.
+    the :class:`~geventws.ConnectionClosed` that writers then raise. (It releases the
+    link with the writer failed, then sets ``owner`` to ``None``.)
     """
 
     __slots__ = (
@@ -94,7 +95,7 @@ class Writer:
         self,
         sock: Any,
         send_timeout: Optional[float],
-        owner: Transport,
+        owner: Optional[Transport],
         raw: Any = _UNKNOWN,
     ) -> None:
         self._sock = sock
@@ -295,6 +296,7 @@ class Writer:
             self._chunks.clear()
             self._view = None
             self.buffered = 0
+            assert self._owner is not None  # (released with the writer failed)
             self._failure = self._owner.write_failed(exc)
         return self._failure
 
