@@ -264,9 +264,9 @@ class Transport:
             self.end()
         self.wait_closed(Deadline(self._settings.close_timeout))
         writer = self.writer
-        writer.stop()
         if not writer.failed:  # (a closer killed before it got there)
             writer.fail(self.protocol.closed_exception())
+        writer.stop()
         # Nothing of the link runs any more: its parts drop their references back to it,
         # so a finished connection is freed by reference counting, not left as a cycle
         # for the garbage collector (which cost about a tenth of a handshake cycle).

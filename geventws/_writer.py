@@ -310,10 +310,17 @@ class Writer:
             self._failure = closed
 
     def stop(self) -> None:
-        """Cancel a pending loop callback (the connection is released)."""
+        """The connection is released: cancel a pending loop callback, and let the
+        failure (raised to writers, and kept) go of the frames of its last raise and of
+        the errors it chains, which hold this writer and its callers: a reference
+        cycle."""
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
+        error: Optional[BaseException] = self._failure
+        while error is not None and error.__traceback__ is not None:  # (raised: chained)
+            error.__traceback__ = None
+            error = error.__cause__ or error.__context__
 
 
 class SharedBatch:

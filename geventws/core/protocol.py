@@ -208,6 +208,7 @@ class Protocol(Ending):
         try:
             consumed = self._parse(buffer, events)
         except ProtocolError as exc:
+            exc.__traceback__ = exc.__context__ = None  # kept: its frames would make a cycle
             if _has_message(events):
                 # Let the application answer the messages first (see ``pending``).
                 self._pending_error = exc
