@@ -94,9 +94,13 @@ def test_wsgi_access_lines_leave_query_strings_out_and_no_access_log_drops_them(
     ("request_line", "shown"),
     [
         (b"GET /page?token=SECRET HTTP/9.9", "Invalid http version: 'GET /page HTTP/9.9"),
-        (b"GET /page?token=SECRET HTTP/1.1 more", "Invalid HTTP method: 'GET /page HTTP/1.1 more"),
-        # The query goes up to the next blank, the quotes around it with it.
-        (b"POST /page?token=SECRET", "Got command='POST'; path='/page raw='POST /page"),
+        # No version at the end: the query goes to the end of the line.
+        (b"GET /page?token=SECRET HTTP/1.1 more", "Invalid HTTP method: 'GET /page\\r\\n'"),
+        # A blank inside the query makes the line malformed, and doesn't end the query.
+        (b"GET /page?a=b c&token=SECRET HTTP/1.1", "Invalid HTTP method: 'GET /page HTTP/1.1"),
+        (b"POST /page?token=SECRET", "Got command='POST'; path='/page'; raw='POST /page"),
+        # Quoted otherwise (repr escapes the control character): cut at the query.
+        (b"GET /page?token=SECRET\x01 HTTP/9.9", "version: 'GET /page (cut: the query string)"),
     ],
 )
 def test_wsgi_error_lines_leave_query_strings_out(
@@ -116,6 +120,7 @@ def test_wsgi_error_lines_leave_query_strings_out(
         )
 
     assert wait_for(error_line, 10), served.output()
+    assert wait_for(lambda: '" 400 ' in served.output(), 10), served.output()  # access line
     assert "SECRET" not in served.output(), served.output()
 
 

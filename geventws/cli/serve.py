@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["run", "serve_process", "startup_line"]
 
 log = logging.getLogger("geventws.cli")
-#: A query string in a request line (``?`` up to the next blank).
-_QUERY = re.compile(r"\?\S*")
+#: The protocol version that ends a request line, and the blanks before it.
+_VERSION = re.compile(r"\s+HTTP/\S*$")
 
 #: Set by the reloader for the servers it starts: the descriptor of a pipe whose end of
 #: file says the reloader is gone. Those servers leave Ctrl-C to the reloader.
@@ -55,6 +55,29 @@ _WSGI_SERVER_OPTIONS = {
     "proxy_headers",
     "backlog",
 }
+
+
+def _without_query(request_line: str) -> str:
+    """``request_line`` (or a path) without its query string: from the first ``?`` up to
+    the version that ends the line, or to its end without one (a blank inside the query,
+    which makes the line malformed, doesn't end it)."""
+    start = request_line.find("?")
+    if start < 0:
+        return request_line
+    version = _VERSION.search(request_line, start)
+    return request_line[:start] + (version.group() if version else "")
+
+
+def _without_queries(text: str, *quoted: Optional[str]) -> str:
+    """``text`` with each of ``quoted`` (the request line, the path) that has a query
+    string replaced by :func:`_without_query`'s version; if a ``?`` is still there
+    (quoted some other way), ``text`` is cut before it."""
+    secret = [part for part in quoted if part and "?" in part]
+    for part in secret:
+        text = text.replace(part, _without_query(part))
+    if secret and "?" in text:
+        text = text[: text.index("?")] + " (cut: the query string)"
+    return text
 
 
 def startup_line(address: Any, tls: bool) -> str:
@@ -291,17 +314,17 @@ def _wsgi_server(
             request_line = self.requestline or ""
             if "?" not in request_line:
                 return line
-            shown = _QUERY.sub("", request_line)
-            return line.replace(f'"{request_line}"', f'"{shown}"', 1)
+            return line.replace(f'"{request_line}"', f'"{_without_query(request_line)}"', 1)
 
         def log_error(self, msg: str, *args: Any) -> None:
-            # pywsgi's error line for a malformed request quotes the request line (and
-            # the path): without the query string. Formatted as pywsgi formats it.
+            # pywsgi's error line for a malformed request quotes the request line and
+            # the path: without the query string. Formatted as pywsgi formats it.
             try:
                 message = msg % args if args else msg
-            except (TypeError, ValueError):
+            except Exception:
                 message = f"{msg!r} {args!r}"
-            super().log_error(_QUERY.sub("", message))
+            quoted = (self.requestline, getattr(self, "path", None))
+            super().log_error(_without_queries(message, *quoted))
 
     kwargs: dict[str, Any] = {}
     if ssl_context is not None:
