@@ -71,8 +71,8 @@ class Writer:
     bounds a wait without progress (``None``: none). ``owner`` is the connection's
     :class:`~geventws._transport.Transport`: its ``write_failed(exc)`` is called once
     when the transport fails (an :class:`OSError`, or :class:`SendTimeout`) and returns
-    the :class:`~geventws.ConnectionClosed` that writers then raise. (It releases the
-    link with the writer failed, then sets ``owner`` to ``None``.)
+    the :class:`~geventws.ConnectionClosed` that writers then raise (a copy each). (It
+    releases the link with the writer failed, then sets ``owner`` to ``None``.)
     """
 
     __slots__ = (
@@ -164,14 +164,14 @@ class Writer:
         order, and is written in the background.
         """
         if self._failure is not None:
-            raise self._failure
+            raise self._raised()
         if not self.buffered:
             return
         if self.raw is not None and not self._locked():
             if self.write_nowait():
                 return
             if self._failure is not None:
-                raise self._failure
+                raise self._raised()
         lock = self._lock
         if lock is None:
             lock = self._lock = Semaphore()
@@ -201,7 +201,8 @@ class Writer:
             except TimeoutError:
                 raise  # the caller's deadline (an OSError too): the rest stays queued
             except (OSError, SendTimeout) as exc:
-                raise self._fail(exc) from exc
+                self._fail(exc)
+                raise self._raised() from exc
             finally:
                 timer.close()
             self._sent(view, sent)
@@ -289,16 +290,23 @@ class Writer:
         finally:
             self._flusher = None
 
-    def _fail(self, exc: Exception) -> ConnectionClosed:
+    def _fail(self, exc: Exception) -> None:
         """The transport failed: drop everything (the connection is over) and let the
-        connection record why; return what writers raise."""
+        connection record why (it gives what writers raise)."""
         if self._failure is None:
             self._chunks.clear()
             self._view = None
             self.buffered = 0
             assert self._owner is not None  # (released with the writer failed)
             self._failure = self._owner.write_failed(exc)
-        return self._failure
+
+    def _raised(self) -> ConnectionClosed:
+        """What a writer raises: a copy of the failure, so the one kept here is never
+        raised. It then never holds the frames of a raise (this writer among them: a
+        reference cycle), and each writer gets a traceback of its own."""
+        failure = self._failure
+        assert failure is not None
+        return type(failure)(failure.code, failure.reason)
 
     def fail(self, closed: ConnectionClosed) -> None:
         """The connection ended without this writer noticing a failure: drop the queue;
@@ -310,17 +318,10 @@ class Writer:
             self._failure = closed
 
     def stop(self) -> None:
-        """The connection is released: cancel a pending loop callback, and let the
-        failure (raised to writers, and kept) go of the frames of its last raise and of
-        the errors it chains, which hold this writer and its callers: a reference
-        cycle."""
+        """Cancel a pending loop callback (the connection is released)."""
         if self._callback is not None:
             self._callback.stop()
             self._callback = None
-        error: Optional[BaseException] = self._failure
-        while error is not None and error.__traceback__ is not None:  # (raised: chained)
-            error.__traceback__ = None
-            error = error.__cause__ or error.__context__
 
 
 class SharedBatch:

@@ -189,7 +189,7 @@ PARTS = {"Connection", "Transport", "Reader", "Writer", "Keepalive", "Protocol"}
 
 
 @pytest.mark.parametrize(
-    "ending", ["client-closes", "handler-returns", "reset", "send-fails", "1002"]
+    "ending", ["client-closes", "handler-returns", "handler-raises", "reset", "send-fails", "1002"]
 )
 def test_a_finished_connection_is_freed_without_the_garbage_collector(
     serve: Any, ending: str
@@ -202,6 +202,9 @@ def test_a_finished_connection_is_freed_without_the_garbage_collector(
         if ending == "handler-returns":
             connection.send("bye")
             return
+        if ending == "handler-raises":  # logged, and the client gets 1011
+            connection.receive()
+            raise RuntimeError("bug")
         if ending == "send-fails":  # the client resets once it has "ready"
             connection.send("ready")
             for _ in range(1000):  # a send that must wait fails (raises) on the reset
@@ -215,13 +218,18 @@ def test_a_finished_connection_is_freed_without_the_garbage_collector(
     gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds stays in gc.garbage
     try:
         for _ in range(3):
-            if ending in ("client-closes", "handler-returns"):
+            if ending in ("client-closes", "handler-returns", "handler-raises"):
                 with connect(server.url) as ws:
                     if ending == "client-closes":
                         ws.send("x")
                         assert ws.recv(timeout=10) == "x"
-                    else:
+                    elif ending == "handler-returns":
                         assert ws.recv(timeout=10) == "bye"
+                    else:
+                        ws.send("x")
+                        with pytest.raises(WsClosedError):
+                            ws.recv(timeout=10)
+                        assert ws.protocol.close_code == 1011
             else:
                 raw = RawClient(server.port)
                 assert raw.status == 101
