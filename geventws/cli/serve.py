@@ -39,7 +39,10 @@ __all__ = ["run", "serve_process", "startup_line"]
 
 log = logging.getLogger("geventws.cli")
 #: The protocol version that ends a request line, and the blanks before it.
-_VERSION = re.compile(r"\s+HTTP/\S*$")
+_VERSION = re.compile(r"\s+HTTP/\d+\.\d+$")
+#: Where the reason at the start of pywsgi's message for a malformed request ends, and
+#: what it quotes of the request begins.
+_REASON_END = re.compile(r"[:;]")
 
 #: Set by the reloader for the servers it starts: the descriptor of a pipe whose end of
 #: file says the reloader is gone. Those servers leave Ctrl-C to the reloader.
@@ -58,26 +61,14 @@ _WSGI_SERVER_OPTIONS = {
 
 
 def _without_query(request_line: str) -> str:
-    """``request_line`` (or a path) without its query string: from the first ``?`` up to
-    the version that ends the line, or to its end without one (a blank inside the query,
-    which makes the line malformed, doesn't end it)."""
+    """``request_line`` without its query string: from the first ``?`` up to the version
+    that ends the line, or to its end without one (a blank inside the query, which
+    makes the line malformed, doesn't end it)."""
     start = request_line.find("?")
     if start < 0:
         return request_line
     version = _VERSION.search(request_line, start)
     return request_line[:start] + (version.group() if version else "")
-
-
-def _without_queries(text: str, *quoted: Optional[str]) -> str:
-    """``text`` with each of ``quoted`` (the request line, the path) that has a query
-    string replaced by :func:`_without_query`'s version; if a ``?`` is still there
-    (quoted some other way), ``text`` is cut before it."""
-    secret = [part for part in quoted if part and "?" in part]
-    for part in secret:
-        text = text.replace(part, _without_query(part))
-    if secret and "?" in text:
-        text = text[: text.index("?")] + " (cut: the query string)"
-    return text
 
 
 def startup_line(address: Any, tls: bool) -> str:
@@ -316,15 +307,18 @@ def _wsgi_server(
                 return line
             return line.replace(f'"{request_line}"', f'"{_without_query(request_line)}"', 1)
 
-        def log_error(self, msg: str, *args: Any) -> None:
-            # pywsgi's error line for a malformed request quotes the request line and
-            # the path: without the query string. Formatted as pywsgi formats it.
+        def read_request(self, raw_requestline: str) -> Any:
+            # pywsgi's error for a malformed request, which it logs, quotes the request
+            # line or parts of it: with a query string there, the error names its
+            # reason and the line without the query instead.
             try:
-                message = msg % args if args else msg
-            except Exception:
-                message = f"{msg!r} {args!r}"
-            quoted = (self.requestline, getattr(self, "path", None))
-            super().log_error(_without_queries(message, *quoted))
+                return super().read_request(raw_requestline)
+            except ValueError as exc:
+                line = raw_requestline.rstrip()
+                if "?" not in line:
+                    raise
+                reason = _REASON_END.split(str(exc), maxsplit=1)[0]
+                raise ValueError(f"{reason}: {_without_query(line)!r}") from None
 
     kwargs: dict[str, Any] = {}
     if ssl_context is not None:
