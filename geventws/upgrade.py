@@ -155,7 +155,7 @@ def run_handler(handler: Handler, connection: Connection, logger: logging.Logger
         logger.error(
             "handler failed: %s %s",
             format_address(connection.remote_address),
-            request.target,
+            request.target.partition("?")[0],  # tokens in query strings stay out of logs
             exc_info=True,
         )
         if connection.handshake_pending:

@@ -259,7 +259,7 @@ def test_handler_exception_is_logged_and_closes_1011(serve: Any, caplog: Any) ->
 
     server = serve(handler)
     with caplog.at_level(logging.ERROR, logger="geventws.server"):
-        with connect(server.url) as ws:
+        with connect(server.url + "/room?token=SECRET") as ws:
             ws.send("trigger")
             with pytest.raises(WsClosedError):
                 ws.recv(timeout=5)
@@ -268,6 +268,7 @@ def test_handler_exception_is_logged_and_closes_1011(serve: Any, caplog: Any) ->
     record = next(r for r in caplog.records if "handler failed" in r.message)
     assert record.levelno == logging.ERROR and record.exc_info is not None
     assert "boom" in str(record.exc_info[1])
+    assert record.message.endswith(" /room")  # the query string left out
 
 
 def test_a_bug_serving_a_connection_is_logged_and_its_socket_closed(
