@@ -196,7 +196,7 @@ def test_a_finished_connection_is_freed_without_the_garbage_collector(
 ) -> None:
     """Once released, no part of a connection is in a reference cycle: reference counting
     frees them, and the cycle collector finds none of them (it used to collect each
-    connection, at about a twentieth of the cost of a short one)."""
+    connection: about 10 µs of the 170 a short one costs)."""
 
     def handler(connection: Connection, request: Request) -> None:
         if ending == "handler-returns":
