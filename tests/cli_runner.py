@@ -19,6 +19,11 @@ STARTUP = re.compile(
 
 
 class Served:
+    """The command in a subprocess, its log (stdout and stderr) and its port."""
+
+    #: How long :meth:`wait` waits for the process to end by default.
+    wait_timeout = 30.0
+
     def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
         self.process = process
         self.log = log
@@ -27,7 +32,19 @@ class Served:
     def output(self) -> str:
         return self.log.read_text()
 
-    def wait(self, timeout: float = 30) -> int:
+    def wait_listening(self) -> None:
+        """Wait for the startup line (its port goes to ``port``); fail if the process
+        ends, or 30 s pass, without it."""
+
+        def listening() -> bool:
+            match = LISTENING.search(self.output())
+            self.port = int(match.group(1)) if match else 0
+            return bool(self.port) or self.process.poll() is not None
+
+        assert wait_for(listening, 30) and self.port, self.output()
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        timeout = self.wait_timeout if timeout is None else timeout
         try:
             return self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -58,13 +75,7 @@ def run_cli(tmp_path: Path) -> Iterator[Any]:
         processes.append(process)
         served = Served(process, log)
         if wait:
-
-            def ready() -> bool:
-                match = LISTENING.search(served.output())
-                served.port = int(match.group(1)) if match else 0
-                return bool(served.port) or process.poll() is not None
-
-            assert wait_for(ready, 30) and served.port, served.output()
+            served.wait_listening()
         return served
 
     yield start

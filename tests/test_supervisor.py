@@ -27,6 +27,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from geventws.supervisor import Supervisor, reuse_port_balances
 
+from . import cli_runner
 from .utils import LISTENING, wait_for
 
 MODULES = {
@@ -121,20 +122,18 @@ MODULES = {
 }
 
 
-class Served:
-    """The command in a subprocess, its log (stdout and stderr) and its port."""
+class Served(cli_runner.Served):
+    """:class:`tests.cli_runner.Served`, with the clients it opened and the workers it
+    started."""
+
+    wait_timeout = 60.0
 
     def __init__(
         self, process: subprocess.Popen[bytes], log: Path, directory: Path, clients: ExitStack
     ) -> None:
-        self.process = process
+        super().__init__(process, log)
         self.clients = clients
-        self.log = log
         self.directory = directory
-        self.port = 0
-
-    def output(self) -> str:
-        return self.log.read_text()
 
     def worker_pids(self) -> list[int]:
         """Every worker started so far, in order."""
@@ -162,12 +161,6 @@ class Served:
                 return ws, pid
             ws.close()
         raise AssertionError(f"no wanted worker within {timeout}s:\n{self.output()}")
-
-    def wait(self, timeout: float = 60) -> int:
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"still running after {timeout}s:\n{self.output()}") from None
 
 
 @pytest.fixture
@@ -199,13 +192,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Served]]:
         served = Served(process, log, tmp_path, clients)
         started.append(served)
         if wait:
-
-            def listening() -> bool:
-                match = LISTENING.search(served.output())
-                served.port = int(match.group(1)) if match else 0
-                return bool(served.port) or process.poll() is not None
-
-            assert wait_for(listening, 30) and served.port, served.output()
+            served.wait_listening()
         return served
 
     yield start
