@@ -15,6 +15,8 @@ Servers:
   geventws          ``geventws serve geventws.examples.echo:handle`` (one process)
   gevent-ceiling    the raw gevent ceiling, scripts/bench/ceiling.py: one recv, every
                     frame it brought answered with one send, C unmasking, nothing else
+  gevent-ceiling-log  the same, plus geventws' access line per connection, logged as
+                    ``geventws serve`` logs it by default (INFO to stderr)
   picows            picows' echo listener on asyncio (scripts/bench/peers.py)
   node-ws           Node's ws package as a server (scripts/bench/ws_server.js)
   gevent-websocket  gevent-websocket's WSGI handler on gevent's pywsgi, monkey-patched
@@ -60,7 +62,15 @@ from typing import Callable, Optional
 HERE = Path(__file__).resolve().parent
 BENCH = HERE / "bench"
 TICKS = os.sysconf("SC_CLK_TCK")
-SERVERS = ["geventws", "gevent-ceiling", "picows", "node-ws", "gevent-websocket", "websockets"]
+SERVERS = [
+    "geventws",
+    "gevent-ceiling",
+    "gevent-ceiling-log",
+    "picows",
+    "node-ws",
+    "gevent-websocket",
+    "websockets",
+]
 #: The checkout that "geventws-baseline" runs (``--baseline``).
 BASELINE: Optional[str] = None
 
@@ -156,6 +166,8 @@ def server_command(name: str, port: int, *flags: str) -> list[str]:
         ]
     if name == "gevent-ceiling":
         return [sys.executable, str(BENCH / "ceiling.py"), str(port)]
+    if name == "gevent-ceiling-log":
+        return [sys.executable, str(BENCH / "ceiling.py"), str(port), "log"]
     if name == "node-ws":
         return ["node", str(BENCH / "ws_server.js"), str(port), "echo"]
     return [sys.executable, str(BENCH / "peers.py"), name, str(port)]

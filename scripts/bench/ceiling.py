@@ -2,6 +2,8 @@
 
     python ceiling.py PORT            echo server
     python ceiling.py PORT broadcast  relays every message to every client
+    python ceiling.py PORT log        echo server with ``geventws serve``'s default
+                                      logging and its access line per connection
 
 Not a WebSocket implementation: a yardstick for scripts/bench_echo.py and
 scripts/bench_broadcast.py, showing what gevent itself costs. A greenlet per connection
@@ -15,7 +17,10 @@ fragmentation is kept), 7-, 16- and 64-bit lengths, ping (answered with a pong),
 (ignored), close (answered with the same code, then the TCP connection is closed by
 the server, as RFC 6455 7.1.1 asks). An unmasked client frame or a request head over
 8 KiB closes the connection. What it skips: UTF-8 validation, size limits, reserved
-bits and opcodes, extensions, subprotocols, timeouts, keepalive, logging.
+bits and opcodes, extensions, subprotocols, timeouts, keepalive, logging (but in log
+mode, which adds what one INFO line per connection costs: geventws' own, written the
+way ``geventws serve`` writes it by default, to the bound set for handshakes "with INFO
+logging on").
 
 In broadcast mode, every text or binary frame a client sends goes to every connected
 client (itself included): the frames one ``recv`` brought are joined and written with
@@ -31,7 +36,8 @@ import hashlib
 import socket
 import struct
 import sys
-from typing import Any
+import time
+from typing import Any, Callable
 
 from gevent.server import StreamServer
 
@@ -175,10 +181,30 @@ class Ceiling:
                 pending += incoming[:count]
 
 
+def logged(handle: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+    """``handle`` followed by geventws' access line, logging configured as ``geventws
+    serve`` does by default (INFO to stderr)."""
+    from geventws.cli.logs import configure
+    from geventws.upgrade import log_access
+
+    configure(None, None, access_log=True)
+
+    def handle_and_log(sock: Any, address: Any) -> None:
+        started = time.monotonic()
+        try:
+            handle(sock, address)
+        finally:
+            log_access(address, "GET", "/", 101, started=started, code=1000)
+
+    return handle_and_log
+
+
 def main() -> None:
     port = int(sys.argv[1])
-    ceiling = Ceiling(broadcast=sys.argv[2:3] == ["broadcast"])
-    server = StreamServer(("127.0.0.1", port), ceiling.handle, backlog=2048)
+    mode = sys.argv[2:3]
+    ceiling = Ceiling(broadcast=mode == ["broadcast"])
+    handle = logged(ceiling.handle) if mode == ["log"] else ceiling.handle
+    server = StreamServer(("127.0.0.1", port), handle, backlog=2048)
     server.serve_forever()
 
 
