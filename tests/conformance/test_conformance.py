@@ -1,6 +1,6 @@
 """The conformance suite: a raw-socket client of our own against a real
-``geventws serve`` echo server in a subprocess (see cases.py and deflate_cases.py for
-the categories)."""
+``geventws serve`` echo server in a subprocess (see cases.py, utf8_cases.py and
+deflate_cases.py for the categories)."""
 
 from __future__ import annotations
 
@@ -45,14 +45,14 @@ def run(port: int, case: Case) -> tuple[list[tuple[int, bytes]], int | None, boo
     client = RawClient(port, timeout=30)
     assert client.status == 101, client.head
     frames: list[tuple[int, bytes]] = []
-    sent = bytearray()
+    sent = 0  # pieces of case.send
     try:
         for piece in case.send:
             try:
                 client.send(piece)
             except (BrokenPipeError, ConnectionResetError):
                 break  # the server failed the connection early: read what it said
-            sent += piece
+            sent += 1
         code = None
         if case.clean_close:
             while len(frames) < len(case.expect):
@@ -66,10 +66,15 @@ def run(port: int, case: Case) -> tuple[list[tuple[int, bytes]], int | None, boo
         if code is None:
             more, code = client.read_until_close()
             frames += more
-            if code is not None and not case.clean_close and not sends_close(sent):
-                # Complete the closing handshake from our side, as a client should (a
-                # client that sent its own close frame already did: the server's close
-                # answers it, and a second one could reach the server as it closes).
+            if (
+                code is not None
+                and not case.clean_close
+                and not sends_close(b"".join(case.send[:sent]))
+            ):
+                # Complete the closing handshake from our side, as a client should. A
+                # client that sent a close frame, valid or not, must send no other
+                # (RFC 6455 §5.5.1): one could reach the server as it closes the TCP
+                # connection after the closing handshake, and the kernel would reset it.
                 reply = b"\x88\x80\x00\x00\x00\x00"
                 if code != 1005:
                     reply = b"\x88\x82\x00\x00\x00\x00" + code.to_bytes(2, "big")
@@ -84,7 +89,8 @@ def run(port: int, case: Case) -> tuple[list[tuple[int, bytes]], int | None, boo
 
 
 def sends_close(data: bytes) -> bool:
-    """Whether the frames in ``data`` (read until one doesn't parse) include a close."""
+    """Whether the frames in ``data`` include a close frame (read until the data ends or
+    a frame's length runs past it)."""
     at = 0
     while at + 2 <= len(data):
         opcode, masked, length = data[at] & 0x0F, data[at + 1] & 0x80, data[at + 1] & 0x7F
