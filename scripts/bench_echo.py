@@ -12,18 +12,18 @@ the servers rotates from one round to the next) and the table gives medians, plu
 ratio of geventws to each peer per CPU-second.
 
 Servers:
-  geventws          ``geventws serve geventws.examples.echo:handle`` (one process)
-  gevent-ceiling    the raw gevent ceiling, scripts/bench/ceiling.py: one recv, every
-                    frame it brought answered with one send, C unmasking, nothing else
+  geventws            ``geventws serve geventws.examples.echo:handle`` (one process)
+  gevent-ceiling      the raw gevent ceiling, scripts/bench/ceiling.py: one recv, every
+                      frame it brought answered with one send, C unmasking, nothing else
   gevent-ceiling-log  the same, plus geventws' access line per connection, logged as
-                    ``geventws serve`` logs it by default (INFO to stderr)
-  picows            picows' echo listener on asyncio (scripts/bench/peers.py)
-  node-ws           Node's ws package as a server (scripts/bench/ws_server.js)
-  gevent-websocket  gevent-websocket's WSGI handler on gevent's pywsgi, monkey-patched
-  websockets        websockets' asyncio server
-  geventws-baseline an earlier geventws, from the checkout given with --baseline PATH
-                    (a git worktree with its accelerator built: python setup.py
-                    build_ext --inplace), for before/after figures in the same run
+                      ``geventws serve`` logs it by default (INFO to stderr)
+  picows              picows' echo listener on asyncio (scripts/bench/peers.py)
+  node-ws             Node's ws package as a server (scripts/bench/ws_server.js)
+  gevent-websocket    gevent-websocket's WSGI handler on gevent's pywsgi, monkey-patched
+  websockets          websockets' asyncio server
+  geventws-baseline   an earlier geventws, from the checkout given with --baseline PATH
+                      (a git worktree with its accelerator built: python setup.py
+                      build_ext --inplace), for before/after figures in the same run
 
 Scenarios:
   handshake  50 parallel loops of: open a connection, send 32 bytes, get the echo,

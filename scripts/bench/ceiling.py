@@ -17,10 +17,10 @@ fragmentation is kept), 7-, 16- and 64-bit lengths, ping (answered with a pong),
 (ignored), close (answered with the same code, then the TCP connection is closed by
 the server, as RFC 6455 7.1.1 asks). An unmasked client frame or a request head over
 8 KiB closes the connection. What it skips: UTF-8 validation, size limits, reserved
-bits and opcodes, extensions, subprotocols, timeouts, keepalive, logging (but in log
-mode, which adds what one INFO line per connection costs: geventws' own, written the
-way ``geventws serve`` writes it by default, to the bound set for handshakes "with INFO
-logging on").
+bits and opcodes, extensions, subprotocols, timeouts, keepalive, and logging but in
+log mode. Log mode adds one INFO line per connection, geventws' access line, logged as
+``geventws serve`` logs it by default: the bound for handshakes with INFO logging on
+(see docs/topics/performance.rst).
 
 In broadcast mode, every text or binary frame a client sends goes to every connected
 client (itself included): the frames one ``recv`` brought are joined and written with
