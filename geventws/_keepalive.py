@@ -41,9 +41,9 @@ class Keepalive:
 
     ``interval`` and ``timeout`` configure the keepalive (``None`` turns either off).
     ``owner`` is the connection's :class:`~geventws._transport.Transport` (``None``
-    once it released the link): its ``keepalive_expired()`` runs in a new greenlet when
-    a keepalive pong is late, and its reader's ``paused`` says whether back-pressure
-    paused reading.
+    once the link is over and its socket closed): its ``keepalive_expired()`` runs in a
+    new greenlet when a keepalive pong is late, and its reader's ``paused`` says
+    whether back-pressure paused reading.
     """
 
     __slots__ = (

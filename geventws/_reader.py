@@ -58,9 +58,9 @@ class Reader:
     """The read side of one connection over ``protocol``.
 
     ``owner`` is the connection's :class:`~geventws._transport.Transport` (``None``
-    once it released the link): each pong goes to its keepalive, and its ``finish()``
-    runs once the protocol says the transport should close; ``high``/``low`` are the
-    back-pressure marks.
+    once the link is over and its socket closed): each pong goes to its keepalive, and
+    its ``finish()`` runs once the protocol says the transport should close;
+    ``high``/``low`` are the back-pressure marks.
     """
 
     __slots__ = (

@@ -222,6 +222,8 @@ class Transport:
                 self.reader.drain(deadline)
         finally:
             self._sock.close()
+            if self.writer.failed:  # (else a write may yet fail and tell this transport)
+                self._let_go()
 
     def _nothing_unread(self) -> bool:
         """Whether the socket may be closed at once without a reset: a plain socket that
@@ -267,7 +269,11 @@ class Transport:
         if not writer.failed:  # (a closer killed before it got there)
             writer.fail(self.protocol.closed_exception())
         writer.stop()
-        # Nothing of the link runs any more: its parts drop their references back to it,
-        # so a finished connection is freed by reference counting, not left as a cycle
-        # for the garbage collector (which cost about 10 µs a connection under load).
-        writer._owner = self.reader._owner = self.keepalive._owner = None
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """The link is over, its socket closed and its writer failed: its parts drop
+        their references back to it, so a finished connection, a client's included, is
+        freed by reference counting, not left as a cycle for the garbage collector
+        (which cost about 10 µs a connection under load)."""
+        self.writer._owner = self.reader._owner = self.keepalive._owner = None

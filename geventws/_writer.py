@@ -71,8 +71,9 @@ class Writer:
     bounds a wait without progress (``None``: none). ``owner`` is the connection's
     :class:`~geventws._transport.Transport`: its ``write_failed(exc)`` is called once
     when the transport fails (an :class:`OSError`, or :class:`SendTimeout`) and returns
-    the :class:`~geventws.ConnectionClosed` that writers then raise (a copy each). (It
-    releases the link with the writer failed, then sets ``owner`` to ``None``.)
+    the :class:`~geventws.ConnectionClosed` that writers then raise (a copy each). (Once
+    the link is over, its socket closed and the writer failed, ``owner`` is set to
+    ``None``.)
     """
 
     __slots__ = (

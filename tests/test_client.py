@@ -5,6 +5,7 @@ interactive ``geventws client`` command."""
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import os
 import queue
@@ -17,6 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 import pytest
 from websockets.sync.server import ServerConnection
 
@@ -186,6 +188,59 @@ def test_against_geventws_server(serve: Any) -> None:
         for message in ("a", b"b", "€" * 1000, os.urandom(200000)):
             ws.send(message, binary=isinstance(message, bytes))
             assert ws.receive(timeout=5) == message
+
+
+#: The parts of a connection (garbage left by them would be a reference cycle).
+PARTS = {"Connection", "Transport", "Reader", "Writer", "Keepalive", "Protocol"}
+
+
+@pytest.mark.parametrize("ending", ["client-closes", "server-closes", "server-fails"])
+def test_a_finished_client_connection_is_freed_without_the_garbage_collector(
+    serve: Any, ending: str
+) -> None:
+    """Once its socket is closed, no part of a client connection is in a reference
+    cycle: dropped, it is freed by reference counting, not left to the collector."""
+
+    def handler(connection: geventws.Connection, request: geventws.Request) -> None:
+        if ending == "server-closes":
+            connection.send("bye")
+        elif ending == "server-fails":
+            connection.receive()
+            raise RuntimeError("bug")  # logged; the client gets 1011
+        else:
+            for message in connection:
+                connection.send(message)
+
+    server = serve(handler)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds stays in gc.garbage
+    try:
+        for _ in range(3):
+            ws = geventws.connect(server.url, open_timeout=10)
+            if ending == "client-closes":
+                ws.send("x")
+                assert ws.receive(timeout=10) == "x"
+                ws.close()
+            elif ending == "server-closes":
+                assert list(ws) == ["bye"]  # the server's close ends the iteration
+            else:
+                ws.send("x")
+                with pytest.raises(ConnectionClosedError):
+                    ws.receive(timeout=10)
+                assert ws.close_code == 1011
+            for _ in range(1000):  # the closing runs in this thread's hub: let it
+                if ws.closed and ws._sock.fileno() == -1:
+                    break
+                gevent.sleep(0.01)
+            assert ws._sock.fileno() == -1, "the client's socket is still open"
+            del ws
+        gc.collect()
+        assert {type(obj).__name__ for obj in gc.garbage} & PARTS == set()
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
 
 
 def test_rejected_handshake_is_readable(serve: Any) -> None:
