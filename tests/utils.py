@@ -21,6 +21,8 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -55,6 +57,31 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
+
+
+#: The parts of a connection (garbage left by them would be a reference cycle).
+CONNECTION_PARTS = {"Connection", "Transport", "Reader", "Writer", "Keepalive", "Protocol"}
+
+
+@contextmanager
+def cycles_left() -> Iterator[Callable[[], set[str]]]:
+    """Run the block with the cycle collector off and ``DEBUG_SAVEALL``; what it yields
+    collects and returns the names of the connection parts (:data:`CONNECTION_PARTS`)
+    among what the collection found: the parts that were in a reference cycle."""
+
+    def collect() -> set[str]:
+        gc.collect()
+        return {type(obj).__name__ for obj in gc.garbage} & CONNECTION_PARTS
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds stays in gc.garbage
+    try:
+        yield collect
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
 
 
 class ServerThread:
