@@ -222,7 +222,7 @@ def test_a_finished_client_connection_is_freed_without_the_garbage_collector(
                     ws.receive(timeout=10)
                 assert ws.close_code == 1011
             for _ in range(1000):  # the closing runs in this thread's hub: let it
-                if ws.closed and ws._sock.fileno() == -1:
+                if ws._sock.fileno() == -1:
                     break
                 gevent.sleep(0.01)
             assert ws._sock.fileno() == -1, "the client's socket is still open"
