@@ -13,6 +13,10 @@ ratio of geventws to each peer per CPU-second.
 
 Servers:
   geventws            ``geventws serve geventws.examples.echo:handle`` (one process)
+  geventws-no-access-log
+                      the same with ``--no-access-log`` (not run unless named): what
+                      the access line costs, and what a deployment whose proxy logs
+                      the connections gets
   gevent-ceiling      the raw gevent ceiling, scripts/bench/ceiling.py: one recv, every
                       frame it brought answered with one send, C unmasking, nothing else
   gevent-ceiling-log  the same, plus geventws' access line per connection, logged as
@@ -151,6 +155,8 @@ def ensure_node_modules() -> None:
 def server_command(name: str, port: int, *flags: str) -> list[str]:
     """The command line of the echo server ``name``; ``flags`` are extra ``geventws
     serve`` flags (geventws only)."""
+    if name == "geventws-no-access-log":
+        flags = (*flags, "--no-access-log")
     if name.startswith("geventws"):
         return [
             *python_for(name),
@@ -163,6 +169,7 @@ def server_command(name: str, port: int, *flags: str) -> list[str]:
             "--max-size",
             "64MiB",
             *flags,  # logging at its default, INFO: one access line per connection
+            # (unless geventws-no-access-log)
         ]
     if name == "gevent-ceiling":
         return [sys.executable, str(BENCH / "ceiling.py"), str(port)]
