@@ -75,6 +75,8 @@ SERVERS = [
     "gevent-websocket",
     "websockets",
 ]
+#: Run only when named in ``--servers``.
+OTHER_SERVERS = ["geventws-no-access-log", "geventws-baseline"]
 #: The checkout that "geventws-baseline" runs (``--baseline``).
 BASELINE: Optional[str] = None
 
@@ -168,8 +170,9 @@ def server_command(name: str, port: int, *flags: str) -> list[str]:
             str(port),
             "--max-size",
             "64MiB",
-            *flags,  # logging at its default, INFO: one access line per connection
-            # (unless geventws-no-access-log)
+            # Logging at its default, INFO: one access line per connection (unless
+            # geventws-no-access-log).
+            *flags,
         ]
     if name == "gevent-ceiling":
         return [sys.executable, str(BENCH / "ceiling.py"), str(port)]
@@ -510,6 +513,9 @@ def main() -> int:
     for name in scenarios:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r}")
+    for name in servers:
+        if name not in SERVERS and name not in OTHER_SERVERS:
+            parser.error(f"unknown server {name!r}")
     results: dict[tuple[str, str], list[Sample]] = {}
     for round_ in range(args.rounds):
         for scenario in scenarios:
@@ -521,7 +527,7 @@ def main() -> int:
                     server.stop()
                 results.setdefault((scenario, name), []).append(sample)
                 print(
-                    f"round {round_ + 1} {scenario:9} {name:16} {sample.rate:10,.0f}/s "
+                    f"round {round_ + 1} {scenario:9} {name:22} {sample.rate:10,.0f}/s "
                     f"{sample.per_cpu:10,.0f}/CPU-s p50 {milliseconds(sample.p50)} ms "
                     f"p99 {milliseconds(sample.p99)} ms",
                     flush=True,
@@ -536,7 +542,7 @@ def main() -> int:
                 finally:
                     server.stop()
                 memory.setdefault(name, []).append(value)
-                print(f"idle {name:16} {value / 1024:.1f} KiB/connection", flush=True)
+                print(f"idle {name:22} {value / 1024:.1f} KiB/connection", flush=True)
 
     command = (
         f"python scripts/bench_echo.py --rounds {args.rounds} --seconds {args.seconds:g} "
