@@ -17,7 +17,7 @@ from geventws import Connection
 from geventws.core.protocol import Protocol, Side
 from geventws.options import ConnectionSettings, resolve
 
-from .utils import RawPeer, fd_count
+from .utils import RawPeer, fd_count, wait_in_hub
 
 
 def tcp_pair(buffer: int = 8192) -> tuple[Any, socket.socket]:
@@ -49,14 +49,6 @@ def server_connection(sock: Any, **options: Any) -> Connection:
     settings = ConnectionSettings(resolve("server", options, "test"))
     protocol = Protocol(Side.SERVER, max_size=settings.max_size)
     return Connection(sock, Side.SERVER, settings, protocol=protocol)
-
-
-def wait_in_hub(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    """Poll ``predicate`` while letting the hub run; its last value."""
-    with gevent.Timeout(timeout, False):
-        while not predicate():
-            gevent.sleep(0.005)
-    return predicate()
 
 
 class Peer:

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import gevent
 import pytest
 from websockets.sync.server import ServerConnection
 
@@ -31,7 +30,7 @@ from geventws import (
 from geventws.core.uri import parse_uri
 from geventws.examples.echo import handle as echo
 
-from .utils import ThrowawayCA, cycles_left
+from .utils import ThrowawayCA, cycles_left, wait_in_hub
 
 
 def ws_echo(ws: ServerConnection) -> None:
@@ -221,11 +220,9 @@ def test_a_finished_client_connection_is_freed_without_the_garbage_collector(
                 with pytest.raises(ConnectionClosedError):
                     ws.receive(timeout=10)
                 assert ws.close_code == 1011
-            for _ in range(1000):  # the closing runs in this thread's hub: let it
-                if ws._sock.fileno() == -1:
-                    break
-                gevent.sleep(0.01)
-            assert ws._sock.fileno() == -1, "the client's socket is still open"
+            # The closing runs in this thread's hub: let it.
+            closed = wait_in_hub(lambda sock=ws._sock: sock.fileno() == -1)
+            assert closed, "the client's socket is still open"
             del ws
         assert collect() == set()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -34,20 +33,9 @@ from geventws.pubsub import LocalBroker
 from geventws.testing import TestClient
 
 from .redis_server import RedisServer, redis_servers
-from .utils import fd_count
+from .utils import fd_count, wait_in_hub
 
 # -- leak checks ---------------------------------------------------------------------------
-
-
-def settle(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` through the hub (handlers run meanwhile) until it is true or
-    ``timeout`` passes; return its last value."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        gevent.sleep(0.01)
-    return True
 
 
 def hub_greenlets() -> list[Any]:
@@ -75,8 +63,8 @@ def no_leaks() -> Iterator[None]:
     def new_greenlets() -> list[Any]:
         return [g for g in hub_greenlets() if id(g) not in known]
 
-    assert settle(lambda: not new_greenlets()), f"greenlets left: {new_greenlets()}"
-    assert settle(lambda: fd_count() <= before_fds), (
+    assert wait_in_hub(lambda: not new_greenlets()), f"greenlets left: {new_greenlets()}"
+    assert wait_in_hub(lambda: fd_count() <= before_fds), (
         f"file descriptors leaked: {before_fds} -> {fd_count()}"
     )
     del before
@@ -433,7 +421,7 @@ def test_testclient_close_raises_what_an_unclosed_connection_left() -> None:
     client = TestClient(failing, raise_server_exceptions=True)
     ws = client.connect()
     ws.send("trigger")
-    assert settle(lambda: ws.closed)
+    assert wait_in_hub(lambda: ws.closed)
     with pytest.raises(RuntimeError, match="boom"):
         client.close()
     client.close()  # raised once, and idempotent

@@ -59,6 +59,15 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
         time.sleep(0.01)
 
 
+def wait_in_hub(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """:func:`wait_for` through this thread's hub: poll ``predicate`` while letting the
+    hub run (handlers, a closing in progress); its last value."""
+    with gevent.Timeout(timeout, False):
+        while not predicate():
+            gevent.sleep(0.005)
+    return predicate()
+
+
 #: The parts of a connection (garbage left by them would be a reference cycle).
 CONNECTION_PARTS = {"Connection", "Transport", "Reader", "Writer", "Keepalive", "Protocol"}
 
